@@ -1,0 +1,110 @@
+"""Config keys of iuq_d2, added to a detectron2 config by ``add_condinst_config`` and ``add_iuq_config``.
+
+The CondInst and FCOS keys keep AdelaiDet's names and defaults so that its CondInst yaml files and
+checkpoints carry over. Every function here adds keys to the config it is given and never touches
+detectron2's global default config.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_condinst_config(cfg: CN) -> None:
+    """Add the FCOS, CondInst, dataset and engine keys that iuq_d2's CondInst reads."""
+    _C = cfg
+
+    # Use AdelaiDet-compatible ResNet-FPN with P6/P7 computed from P5 (see modeling/backbone.py).
+    _C.MODEL.BACKBONE.NAME = "build_fcos_resnet_fpn_backbone"
+    _C.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+    _C.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    _C.MODEL.PROPOSAL_GENERATOR.NAME = "FCOS"
+    _C.MODEL.META_ARCHITECTURE = "CondInst"
+    _C.MODEL.MASK_ON = True
+    # AdelaiDet's CondInst normalises with these (BGR, std 1) and so do its checkpoints.
+    _C.MODEL.PIXEL_MEAN = [103.53, 116.28, 123.675]
+    _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
+    # Pass find_unused_parameters=True to DistributedDataParallel. Needed only for configs that
+    # leave some parameters out of the loss (e.g. a frozen head that still has requires_grad).
+    _C.MODEL.DDP_FIND_UNUSED_PARAMETERS = False
+
+    _C.MODEL.FCOS = CN()
+    # Number of foreground classes.
+    _C.MODEL.FCOS.NUM_CLASSES = 80
+    # FPN levels the head runs on, and their strides in input pixels.
+    _C.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    _C.MODEL.FCOS.FPN_STRIDES = [8, 16, 32, 64, 128]
+    # Prior probability of foreground used to initialise the classification bias.
+    _C.MODEL.FCOS.PRIOR_PROB = 0.01
+    # Score threshold for candidate locations at inference.
+    _C.MODEL.FCOS.INFERENCE_TH_TEST = 0.05
+    # IoU threshold of the class-wise NMS.
+    _C.MODEL.FCOS.NMS_TH = 0.6
+    # Candidates kept per level before NMS, and detections kept per image after it (inference).
+    _C.MODEL.FCOS.PRE_NMS_TOPK_TEST = 1000
+    _C.MODEL.FCOS.POST_NMS_TOPK_TEST = 100
+    # Number of FPN levels built on top of P5 (2: P6 and P7).
+    _C.MODEL.FCOS.TOP_LEVELS = 2
+    # Normalisation in the head towers: "GN", "BN", "SyncBN" or "" for none.
+    _C.MODEL.FCOS.NORM = "GN"
+    # Learn a scalar per level that multiplies the box regression.
+    _C.MODEL.FCOS.USE_SCALE = True
+    # Box quality branch. Only "ctrness" (centerness) is implemented.
+    _C.MODEL.FCOS.BOX_QUALITY = "ctrness"
+    # Multiply scores by centerness before (True) or after (False) the score threshold.
+    _C.MODEL.FCOS.THRESH_WITH_CTR = True
+    # Focal loss parameters of the classification branch.
+    _C.MODEL.FCOS.LOSS_ALPHA = 0.25
+    _C.MODEL.FCOS.LOSS_GAMMA = 2.0
+    # Weight of the classification loss (normalised by the number of positives, averaged
+    # over GPUs).
+    _C.MODEL.FCOS.LOSS_WEIGHT_CLS = 1.0
+    # Upper bounds of the object size (max regression distance, pixels) assigned to each level
+    # but the last; the last level takes everything above.
+    _C.MODEL.FCOS.SIZES_OF_INTEREST = [64, 128, 256, 512]
+    # Apply ReLU to the box regression (distances are non-negative).
+    _C.MODEL.FCOS.USE_RELU = True
+    # Deformable convolutions in the towers are not implemented; kept so AdelaiDet yamls load.
+    _C.MODEL.FCOS.USE_DEFORMABLE = False
+    # Number of convolutions in the classification, box and shared towers.
+    _C.MODEL.FCOS.NUM_CLS_CONVS = 4
+    _C.MODEL.FCOS.NUM_BOX_CONVS = 4
+    _C.MODEL.FCOS.NUM_SHARE_CONVS = 0
+    # Center sampling: a location is positive only within POS_RADIUS strides of the box center.
+    _C.MODEL.FCOS.CENTER_SAMPLE = True
+    _C.MODEL.FCOS.POS_RADIUS = 1.5
+    # Box regression loss: "giou" or "iou".
+    _C.MODEL.FCOS.LOC_LOSS_TYPE = "giou"
+
+    _C.MODEL.CONDINST = CN()
+    # Stride (input pixels) at which instance masks are predicted and supervised.
+    _C.MODEL.CONDINST.MASK_OUT_STRIDE = 4
+    # At most this many positive locations (sampled at random) train the mask head per GPU;
+    # -1 keeps all.
+    _C.MODEL.CONDINST.MAX_PROPOSALS = -1
+    # Alternatively keep the k best-scored positive locations per image, spread over its
+    # instances; -1 disables. Mutually exclusive with MAX_PROPOSALS.
+    _C.MODEL.CONDINST.TOPK_PROPOSALS_PER_IM = -1
+
+    _C.MODEL.CONDINST.MASK_HEAD = CN()
+    # Channels of the hidden layers of the dynamic mask head.
+    _C.MODEL.CONDINST.MASK_HEAD.CHANNELS = 8
+    # Number of 1x1 layers of the dynamic mask head.
+    _C.MODEL.CONDINST.MASK_HEAD.NUM_LAYERS = 3
+    # Drop the relative coordinates from the mask head input (ablation).
+    _C.MODEL.CONDINST.MASK_HEAD.DISABLE_REL_COORDS = False
+
+    _C.MODEL.CONDINST.MASK_BRANCH = CN()
+    # Channels of the mask feature F that the dynamic mask head reads.
+    _C.MODEL.CONDINST.MASK_BRANCH.OUT_CHANNELS = 8
+    # FPN levels fused into F (the first one sets its stride).
+    _C.MODEL.CONDINST.MASK_BRANCH.IN_FEATURES = ["p3", "p4", "p5"]
+    # Channels of the branch's hidden layers.
+    _C.MODEL.CONDINST.MASK_BRANCH.CHANNELS = 128
+    # Normalisation in the branch: "BN", "SyncBN", "GN" or "".
+    _C.MODEL.CONDINST.MASK_BRANCH.NORM = "BN"
+    # 3x3 convolutions after the fusion.
+    _C.MODEL.CONDINST.MASK_BRANCH.NUM_CONVS = 4
+    # Auxiliary semantic segmentation loss on the fused features (training only).
+    _C.MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON = False
+
+    # COCO-format datasets to register at set-up, each [name, json_file, image_root]; their
+    # names can then be used in DATASETS.TRAIN / DATASETS.TEST.
+    _C.DATASETS.CUSTOM_COCO = []

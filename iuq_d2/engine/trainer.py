@@ -1,0 +1,58 @@
+"""The training loop: detectron2's DefaultTrainer with iuq_d2's data, evaluation and
+checkpointing."""
+import logging
+import os
+import weakref
+
+import torch
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..data.mapper import CondInstDatasetMapper
+from .checkpoint import AtomicCheckpointer
+
+
+class Trainer(DefaultTrainer):
+    """Differs from DefaultTrainer in its construction only: DDP without ``device_ids`` on CPU
+    (so ``--num-gpus N`` runs N gloo processes on a machine without GPUs),
+    ``find_unused_parameters`` from the config, and atomic checkpoints."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_gpu = torch.device(cfg.MODEL.DEVICE).type == "cuda"
+        model = create_ddp_model(
+            model,
+            broadcast_buffers=False,
+            device_ids=[comm.get_local_rank()] if on_gpu else None,
+            find_unused_parameters=cfg.MODEL.DDP_FIND_UNUSED_PARAMETERS,
+        )
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=CondInstDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=CondInstDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, tasks=("bbox", "segm"), distributed=True, output_dir=output_folder)

@@ -1,0 +1,72 @@
+"""CondInst's dynamic mask head: a tiny MLP per query, run on [relative coordinates, F]."""
+from typing import List
+
+import torch
+from detectron2.config import configurable
+from detectron2.structures import Instances
+from torch import Tensor, nn
+
+from ...layers.dynamic_mlp import dynamic_layer_shapes, dynamic_mlp, parse_dynamic_params
+from ...layers.upsample import aligned_bilinear
+from ..fcos.targets import compute_locations
+
+
+class DynamicMaskHead(nn.Module):
+    """Holds no learnable weights: the controller predicts them per query.
+
+    The relative coordinates of a pixel p for a query at location q of FPN level l are
+    ``(q - p) / size_of_interest[l]``, so a query's mask is expressed in units of the object
+    sizes its level is responsible for.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        channels: int,
+        num_layers: int,
+        disable_rel_coords: bool,
+        sizes_of_interest: List[int],
+        mask_out_stride: int,
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.disable_rel_coords = disable_rel_coords
+        self.mask_out_stride = mask_out_stride
+        self.layer_shapes = dynamic_layer_shapes(in_channels + (0 if disable_rel_coords else 2),
+                                                 channels, num_layers)
+        self.num_params = sum(o * i + o for o, i in self.layer_shapes)
+        self.register_buffer("sizes_of_interest", torch.tensor(sizes_of_interest, dtype=torch.int64))
+        # Training forwards seen so far. AdelaiDet's checkpoints hold this buffer, so it stays.
+        self.register_buffer("_iter", torch.zeros([1]))
+
+    @classmethod
+    def from_config(cls, cfg):
+        head = cfg.MODEL.CONDINST.MASK_HEAD
+        soi = list(cfg.MODEL.FCOS.SIZES_OF_INTEREST)
+        return {
+            "in_channels": cfg.MODEL.CONDINST.MASK_BRANCH.OUT_CHANNELS,
+            "channels": head.CHANNELS,
+            "num_layers": head.NUM_LAYERS,
+            "disable_rel_coords": head.DISABLE_REL_COORDS,
+            # The last level has no upper bound; twice the last bound normalises its queries.
+            "sizes_of_interest": soi + [soi[-1] * 2],
+            "mask_out_stride": cfg.MODEL.CONDINST.MASK_OUT_STRIDE,
+        }
+
+    def forward(self, mask_feats: Tensor, mask_feat_stride: int, queries: Instances) -> Tensor:
+        """Mask logits [Q, 1, H', W'] at ``mask_out_stride`` for the queries (fields
+        ``mask_head_params``, ``locations``, ``fpn_levels``, ``im_inds``) on mask_feats
+        [N, C, H, W] of stride ``mask_feat_stride``."""
+        num_queries = len(queries)
+        h, w = mask_feats.shape[-2:]
+        inputs = mask_feats[queries.im_inds].reshape(num_queries, self.in_channels, h * w)
+        if not self.disable_rel_coords:
+            pixels = compute_locations(h, w, mask_feat_stride, mask_feats.device)
+            soi = self.sizes_of_interest.float()[queries.fpn_levels]
+            rel = (queries.locations[:, :, None] - pixels.t()[None]) / soi[:, None, None]
+            inputs = torch.cat([rel.to(inputs.dtype), inputs], dim=1)
+        weights, biases = parse_dynamic_params(queries.mask_head_params, self.layer_shapes)
+        logits = dynamic_mlp(inputs, weights, biases).reshape(num_queries, 1, h, w)
+        return aligned_bilinear(logits, mask_feat_stride // self.mask_out_stride)

@@ -1,0 +1,394 @@
+"""Tests of iuq_d2.data: the shapes generator, dataset registration, checked COCO loading and the
+mapper. Datasets are generated into tmp_path with few images, so the suite stays fast."""
+
+import copy
+import json
+import logging
+import multiprocessing
+import os
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import Boxes, Instances
+
+from iuq_d2.config import add_condinst_config
+from iuq_d2.data import (
+    SHAPES_CLASSES,
+    CondInstDatasetMapper,
+    check_num_classes,
+    ensure_shapes,
+    generate_shapes,
+    load_coco_json_checked,
+    register_builtin_datasets,
+    register_custom_coco,
+)
+from iuq_d2.data.shapes import SHAPES_SPLITS, mask_to_polygons, render_image
+
+
+@pytest.fixture(scope="module")
+def shapes60(tmp_path_factory):
+    """60 images of seed 0, and their json content."""
+    out_dir = str(tmp_path_factory.mktemp("shapes60"))
+    json_file = generate_shapes(out_dir, 60, 0)
+    with open(json_file) as f:
+        return out_dir, json.load(f)
+
+
+@pytest.fixture
+def small_builtin(tmp_path):
+    """The builtin shapes datasets with 6 images per split, cached in tmp_path."""
+    saved = dict(SHAPES_SPLITS)
+    SHAPES_SPLITS.update(train=(6, 0), val=(6, 1))
+    register_builtin_datasets(str(tmp_path))
+    yield tmp_path
+    SHAPES_SPLITS.update(saved)
+    register_builtin_datasets()
+
+
+def make_cfg(**overrides):
+    cfg = get_cfg()
+    add_condinst_config(cfg)
+    for key, value in overrides.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = getattr(node, p)
+        setattr(node, leaf, value)
+    return cfg
+
+
+def decode(segmentation, height, width):
+    return mask_util.decode(mask_util.merge(mask_util.frPyObjects(segmentation, height, width)))
+
+
+def test_generator_is_deterministic(tmp_path):
+    paths = [generate_shapes(str(tmp_path / d), 8, s) for d, s in (("a", 3), ("b", 3), ("c", 4))]
+    a, b, c = (open(p, "rb").read() for p in paths)
+    assert a == b and a != c
+    names = sorted(os.listdir(tmp_path / "a" / "images"))
+    assert len(names) == 8
+    for name in names:
+        data = [open(tmp_path / d / "images" / name, "rb").read() for d in ("a", "b", "c")]
+        assert data[0] == data[1] and data[0] != data[2]
+
+
+def test_generator_content(shapes60):
+    out_dir, data = shapes60
+    images = {image["id"]: image for image in data["images"]}
+    anns = data["annotations"]
+    assert [c["name"] for c in data["categories"]] == list(SHAPES_CLASSES)
+    assert {a["category_id"] for a in anns} == {1, 2, 3, 4}
+    sides = np.array([max(a["bbox"][2:]) for a in anns])
+    assert (sides <= 16).sum() > 20 and ((sides > 16) & (sides <= 48)).sum() > 20
+    assert (sides >= 56).sum() > 10
+    sizes = {(i["width"], i["height"]) for i in images.values()}
+    assert len(sizes) > 20 and any(w != h for w, h in sizes)
+    assert all(128 <= v <= 192 for size in sizes for v in size)
+    assert len(images) - len({a["image_id"] for a in anns}) == 3
+    assert sum(len(a["segmentation"]) > 1 for a in anns) >= 2
+
+    num_overlaps = 0
+    for image_id, image in images.items():
+        h, w = image["height"], image["width"]
+        masks = []
+        for a in (a for a in anns if a["image_id"] == image_id):
+            assert a["iscrowd"] == 0
+            mask = decode(a["segmentation"], h, w).astype(bool)
+            ys, xs = np.nonzero(mask)
+            tight = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+            assert a["bbox"] == tight and a["area"] == mask.sum()
+            masks.append((mask, a["bbox"]))
+        for i, (mask, box) in enumerate(masks):
+            for other, other_box in masks[i + 1 :]:
+                assert not (mask & other).any()
+                x0, y0 = max(box[0], other_box[0]), max(box[1], other_box[1])
+                x1 = min(box[0] + box[2], other_box[0] + other_box[2])
+                y1 = min(box[1] + box[3], other_box[1] + other_box[3])
+                num_overlaps += x1 > x0 and y1 > y0
+    assert num_overlaps > 30
+    image = cv2.imread(os.path.join(out_dir, "images", data["images"][0]["file_name"]))
+    assert image.shape == (images[1]["height"], images[1]["width"], 3)
+
+
+def test_polygons_reproduce_visible_masks():
+    num_objects = 0
+    for index in range(12):
+        image, objects = render_image(5, index)
+        for _, mask in objects:
+            polygons = mask_to_polygons(mask)
+            assert all(len(p) >= 6 for p in polygons)
+            assert (decode(polygons, *mask.shape).astype(bool) == mask).all()
+            num_objects += 1
+    assert num_objects > 20
+
+
+def _generate(out_dir, barrier):
+    barrier.wait()
+    ensure_shapes(out_dir, 12, 2)
+
+
+def test_concurrent_generation(tmp_path):
+    out_dir = str(tmp_path / "cache" / "shapes")
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    workers = [ctx.Process(target=_generate, args=(out_dir, barrier)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    assert os.listdir(tmp_path / "cache") == ["shapes"]
+    reference = generate_shapes(str(tmp_path / "reference"), 12, 2)
+    assert (
+        open(reference, "rb").read() == open(os.path.join(out_dir, "annotations.json"), "rb").read()
+    )
+    assert len(os.listdir(os.path.join(out_dir, "images"))) == 12
+    assert ensure_shapes(out_dir, 12, 2) == os.path.join(out_dir, "annotations.json")
+
+
+def test_builtin_datasets_are_lazy_and_evaluate(small_builtin, tmp_path):
+    meta = MetadataCatalog.get("shapes_val")
+    assert meta.thing_classes == list(SHAPES_CLASSES) and meta.evaluator_type == "coco"
+    assert meta.json_file.startswith(str(small_builtin))
+    assert not os.path.exists(meta.json_file)
+    dicts = DatasetCatalog.get("shapes_val")
+    assert len(dicts) == 6 and os.path.isfile(meta.json_file)
+    assert len(DatasetCatalog.get("shapes_train")) == 6
+
+    # The images' own masks, given as predictions, must score AP 100 against the polygons.
+    evaluator = COCOEvaluator("shapes_val", output_dir=str(tmp_path / "eval"))
+    evaluator.reset()
+    for d in dicts:
+        _, objects = render_image(1, d["image_id"] - 1)
+        pred = Instances((d["height"], d["width"]))
+        pred.pred_masks = torch.as_tensor(np.stack([m for _, m in objects]))
+        pred.pred_boxes = Boxes(
+            torch.tensor([a["bbox"] for a in d["annotations"]], dtype=torch.float32)
+        )
+        pred.pred_boxes.tensor[:, 2:] += pred.pred_boxes.tensor[:, :2]
+        pred.pred_classes = torch.tensor([c for c, _ in objects])
+        pred.scores = torch.ones(len(objects))
+        evaluator.process([d], [{"instances": pred}])
+    results = evaluator.evaluate()
+    assert results["segm"]["AP"] == pytest.approx(100.0)
+    assert results["bbox"]["AP"] == pytest.approx(100.0)
+
+
+def write_coco(tmp_path, data, name="ann.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def ann(ann_id, image_id, category_id, bbox, segmentation=None, **extra):
+    """A COCO annotation; no "segmentation" key when ``segmentation`` is None."""
+    d = dict(id=ann_id, image_id=image_id, category_id=category_id, bbox=bbox, **extra)
+    if segmentation is not None:
+        d["segmentation"] = segmentation
+    return d
+
+
+def valid_coco(tmp_path):
+    """Two 40x30 images on disk, one annotated square each, two categories."""
+    image_root = tmp_path / "images"
+    image_root.mkdir(exist_ok=True)
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(image_root / name), np.full((30, 40, 3), 100, np.uint8))
+    square = [[5, 5, 15, 5, 15, 15, 5, 15]]
+    return {
+        "images": [
+            {"id": 1, "file_name": "a.png", "height": 30, "width": 40},
+            {"id": 2, "file_name": "b.png", "height": 30, "width": 40},
+        ],
+        "annotations": [
+            ann(1, 1, 1, [5, 5, 10, 10], square, iscrowd=0),
+            ann(2, 2, 2, [5, 5, 10, 10], square, iscrowd=0),
+        ],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+    }
+
+
+def _drop_categories(d):
+    del d["categories"]
+
+
+def _unknown_image(d):
+    d["annotations"][0]["image_id"] = 999
+
+
+def _unknown_category(d):
+    d["annotations"][1]["category_id"] = 77
+
+
+def _duplicate_image(d):
+    d["images"][1]["id"] = 1
+
+
+def _bad_bbox(d):
+    d["annotations"][0]["bbox"] = [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (_drop_categories, "has no top-level key 'categories'"),
+        (_unknown_image, "annotation 1 refers to image_id 999"),
+        (_unknown_category, "annotation 2 refers to category_id 77"),
+        (_duplicate_image, "duplicate image id 1"),
+        (_bad_bbox, "annotation 1 needs 'bbox' as 4 numbers"),
+    ],
+)
+def test_bad_coco_json(tmp_path, corrupt, message):
+    data = valid_coco(tmp_path)
+    corrupt(data)
+    json_file = write_coco(tmp_path, data)
+    with pytest.raises(ValueError) as e:
+        load_coco_json_checked(json_file, str(tmp_path / "images"))
+    assert message in str(e.value) and json_file in str(e.value)
+
+
+def test_missing_and_invalid_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        load_coco_json_checked(str(tmp_path / "nope.json"), str(tmp_path))
+    path = tmp_path / "broken.json"
+    path.write_text('{"images": [],\n  "annotations": [oops]}')
+    with pytest.raises(ValueError, match=r"broken.json' is not valid JSON: .* line 2"):
+        load_coco_json_checked(str(path), str(tmp_path))
+
+
+def test_unusable_annotations_are_skipped(tmp_path, caplog):
+    data = valid_coco(tmp_path)
+    data["images"].append({"id": 3, "file_name": "b.png", "height": 30, "width": 40})
+    data["annotations"] += [
+        ann(3, 1, 1, [5, 5, 0, 10], [[5, 5, 6, 5, 6, 6]]),
+        ann(4, 1, 2, [5, 5, 4, 4], [[5, 5, 9, 9]]),
+        ann(5, 1, 2, [5, 5, 4, 4]),
+        ann(6, 2, 1, [0, 0, 40, 30], {"size": [30, 40], "counts": [0, 1200]}, iscrowd=1),
+    ]
+    json_file = write_coco(tmp_path, data)
+    with caplog.at_level(logging.WARNING, logger="iuq_d2"):
+        dicts = load_coco_json_checked(json_file, str(tmp_path / "images"), None)
+    kept = [[(a["category_id"], a.get("iscrowd", 0)) for a in d["annotations"]] for d in dicts]
+    assert kept == [[(1, 0)], [(2, 0), (1, 1)], []]
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("iuq_d2")]
+    assert len(warnings) == 1
+    assert "skipped 1 annotations with an empty box" in warnings[0]
+    assert "2 without a polygon of at least 3 points" in warnings[0]
+
+    mapper = CondInstDatasetMapper(make_cfg(), True)
+    for d, expected in zip(dicts, (1, 1, 0)):
+        assert len(mapper(d)["instances"]) == expected
+
+
+@pytest.fixture
+def custom_names():
+    names = []
+    yield names
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def test_register_custom_coco(tmp_path, custom_names):
+    json_file = write_coco(tmp_path, valid_coco(tmp_path))
+    image_root = str(tmp_path / "images")
+    cfg = make_cfg(**{"DATASETS.CUSTOM_COCO": [["test_custom_pets", json_file, image_root]]})
+    custom_names.append("test_custom_pets")
+    register_custom_coco(cfg)
+    register_custom_coco(cfg)
+    assert MetadataCatalog.get("test_custom_pets").evaluator_type == "coco"
+    dicts = DatasetCatalog.get("test_custom_pets")
+    assert len(dicts) == 2 and MetadataCatalog.get("test_custom_pets").thing_classes == [
+        "cat",
+        "dog",
+    ]
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (["only_two", "x.json"], "DATASETS.CUSTOM_COCO[1] must be [name, json_file, image_root]"),
+        (["bad_json", "{tmp}/missing.json", "{tmp}/images"], "DATASETS.CUSTOM_COCO[1]: json_file"),
+        (["bad_root", "{tmp}/ann.json", "{tmp}/no_images"], "DATASETS.CUSTOM_COCO[1]: image_root"),
+        (["shapes_val", "{tmp}/ann.json", "{tmp}/images"], "dataset name 'shapes_val' is already"),
+    ],
+)
+def test_register_custom_coco_errors(tmp_path, custom_names, entry, message):
+    write_coco(tmp_path, valid_coco(tmp_path))
+    entries = [
+        ["test_custom_ok", str(tmp_path / "ann.json"), str(tmp_path / "images")],
+        [v.format(tmp=tmp_path) for v in entry],
+    ]
+    custom_names.append("test_custom_ok")
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        register_custom_coco(make_cfg(**{"DATASETS.CUSTOM_COCO": entries}))
+
+
+def test_check_num_classes(tmp_path, custom_names):
+    json_file = write_coco(tmp_path, valid_coco(tmp_path))
+    custom = [["test_custom_two", json_file, str(tmp_path / "images")]]
+    custom_names.append("test_custom_two")
+    cfg = make_cfg(**{"DATASETS.CUSTOM_COCO": custom, "DATASETS.TRAIN": ("shapes_train",)})
+    register_custom_coco(cfg)
+    with pytest.raises(
+        ValueError, match="'shapes_train' .* has 4 categories .* MODEL.FCOS.NUM_CLASSES 4"
+    ):
+        check_num_classes(cfg)
+    cfg.MODEL.FCOS.NUM_CLASSES = 4
+    check_num_classes(cfg)
+    cfg.DATASETS.TEST = ("test_custom_two",)
+    with pytest.raises(
+        ValueError, match="'test_custom_two' \\(in DATASETS.TEST\\) has 2 categories"
+    ):
+        check_num_classes(cfg)
+    cfg.DATASETS.TEST = ("no_such_dataset",)
+    with pytest.raises(ValueError, match="'no_such_dataset' in DATASETS.TEST is not registered"):
+        check_num_classes(cfg)
+
+
+def test_mapper(shapes60):
+    out_dir, data = shapes60
+    dicts = load_coco_json_checked(
+        os.path.join(out_dir, "annotations.json"), os.path.join(out_dir, "images")
+    )
+    cfg = make_cfg(**{"INPUT.MIN_SIZE_TRAIN": (256,), "INPUT.MAX_SIZE_TRAIN": 512})
+    mapper = CondInstDatasetMapper(cfg, True)
+    d = next(d for d in dicts if len(d["annotations"]) >= 4)
+    original = copy.deepcopy(d)
+    out = mapper(d)
+    assert d == original
+    image, instances = out["image"], out["instances"]
+    assert image.dtype == torch.uint8 and image.shape[0] == 3 and min(image.shape[1:]) == 256
+    assert instances.image_size == tuple(image.shape[1:])
+    assert len(instances) == len(d["annotations"])
+    assert instances.gt_classes.tolist() == [a["category_id"] for a in d["annotations"]]
+    mask_boxes = instances.gt_masks.get_bounding_boxes().tensor
+    assert (mask_boxes - instances.gt_boxes.tensor).abs().max() < 2.0
+
+    empty = mapper(next(d for d in dicts if not d["annotations"]))
+    assert len(empty["instances"]) == 0 and empty["instances"].has("gt_masks")
+    test_out = CondInstDatasetMapper(cfg, False)(d)
+    assert "instances" not in test_out and test_out["image"].shape[0] == 3
+
+
+def test_mapper_errors(shapes60, tmp_path):
+    out_dir, data = shapes60
+    d = load_coco_json_checked(
+        os.path.join(out_dir, "annotations.json"), os.path.join(out_dir, "images")
+    )[0]
+    mapper = CondInstDatasetMapper(make_cfg(), True)
+    missing = dict(d, file_name=str(tmp_path / "gone.png"), image_id=42)
+    with pytest.raises(FileNotFoundError, match=r"gone.png' \(image_id 42\)"):
+        mapper(missing)
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(FileNotFoundError, match="Cannot read image '.*junk.png'"):
+        mapper(dict(d, file_name=str(tmp_path / "junk.png")))
+    with pytest.raises(Exception, match="Mismatched image shape for image .*000000.png"):
+        mapper(dict(d, width=d["width"] + 1))
