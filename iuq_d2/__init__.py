@@ -4,6 +4,6 @@ Importing the package registers its meta-architectures, backbone, proposal gener
 builtin datasets with detectron2.
 """
 from . import data, modeling
-from .config import add_condinst_config
+from .config import add_condinst_config, add_iuq_config
 
-__all__ = ["add_condinst_config", "data", "modeling"]
+__all__ = ["add_condinst_config", "add_iuq_config", "data", "modeling"]

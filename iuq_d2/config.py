@@ -108,3 +108,33 @@ def add_condinst_config(cfg: CN) -> None:
     # COCO-format datasets to register at set-up, each [name, json_file, image_root]; their
     # names can then be used in DATASETS.TRAIN / DATASETS.TEST.
     _C.DATASETS.CUSTOM_COCO = []
+
+
+def add_iuq_config(cfg: CN) -> None:
+    """Add the keys of the IUQ training framework (MODEL.IUQ). They matter in training only:
+    an IUQCondInst in eval mode is CondInst."""
+    _C = cfg
+    _C.MODEL.IUQ = CN()
+
+    # Inter-scene (dataset-level) uniqueness: each query must stay silent on instance pixels of
+    # other images, drawn from a bank filled over past iterations on all GPUs.
+    _C.MODEL.IUQ.INTER = CN()
+    _C.MODEL.IUQ.INTER.ENABLED = True
+    # Weight of the inter-scene focal loss, reached linearly over WARMUP_ITERS iterations.
+    _C.MODEL.IUQ.INTER.LOSS_WEIGHT = 1.0
+    _C.MODEL.IUQ.INTER.WARMUP_ITERS = 0
+    # Focal loss parameters (the target is always 0: a negative pair).
+    _C.MODEL.IUQ.INTER.FOCAL_ALPHA = 0.25
+    _C.MODEL.IUQ.INTER.FOCAL_GAMMA = 2.0
+    # Relative coordinates fed with a bank pixel: "instance_centered" places the query at the
+    # centre of the pixel's instance (hard negatives); "overlay" uses the pixel's own position in
+    # its image relative to the query's location.
+    _C.MODEL.IUQ.INTER.COORDS = "instance_centered"
+    # Entries the bank holds (first in, first out), identical on every GPU.
+    _C.MODEL.IUQ.INTER.BANK_SIZE = 100000
+    # Pixels sampled per ground-truth instance at each enqueue (with replacement when the
+    # instance covers fewer stride-8 cells), so large objects do not dominate the bank.
+    _C.MODEL.IUQ.INTER.PIXELS_PER_INSTANCE = 50
+    # Bank entries sampled per iteration as negatives, on top of the entries the current global
+    # batch produced.
+    _C.MODEL.IUQ.INTER.NUM_NEGATIVES = 4096

@@ -292,8 +292,9 @@ def custom_names():
     names = []
     yield names
     for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+        if name in DatasetCatalog:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
 
 
 def test_register_custom_coco(tmp_path, custom_names):

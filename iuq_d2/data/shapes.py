@@ -229,7 +229,7 @@ def mask_to_polygons(mask: np.ndarray) -> List[List[float]]:
         points = cv2.approxPolyDP(contour, 1.0, True).reshape(-1, 2) + 0.5
         points = points / k + (x0, y0)
         if len(points) >= 3:
-            polygons.append([round(float(v), 2) for v in points.reshape(-1)])
+            polygons.append([round(float(v), 3) for v in points.reshape(-1)])
     return polygons
 
 

@@ -7,7 +7,7 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
-from ..config import add_condinst_config
+from ..config import add_condinst_config, add_iuq_config
 from ..data import check_num_classes, register_custom_coco
 from .checkpoint import AtomicCheckpointer
 from .trainer import Trainer
@@ -26,6 +26,7 @@ def get_config() -> CfgNode:
     """detectron2's defaults plus every key iuq_d2 reads."""
     cfg = get_cfg()
     add_condinst_config(cfg)
+    add_iuq_config(cfg)
     return cfg
 
 

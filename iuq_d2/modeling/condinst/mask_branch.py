@@ -1,5 +1,5 @@
 """CondInst's mask branch: fuses P3-P5 into the stride-8 mask feature F that every dynamic mask
-head reads, with an optional auxiliary semantic loss."""
+head reads, with an optional auxiliary semantic loss on P3."""
 import math
 from typing import Dict, List, Optional
 
@@ -57,7 +57,9 @@ class MaskBranch(nn.Module):
             self.num_classes = num_classes
             self.focal_alpha = focal_alpha
             self.focal_gamma = focal_gamma
-            self.seg_head = nn.Sequential(*[_conv_norm_relu(channels, channels, norm) for _ in range(2)])
+            # Reads the finest input level (P3) directly, as AdelaiDet's checkpoints expect.
+            self.seg_head = nn.Sequential(_conv_norm_relu(in_channels[0], channels, norm),
+                                          _conv_norm_relu(channels, channels, norm))
             self.logits = nn.Conv2d(channels, num_classes, 1)
             nn.init.normal_(self.logits.weight, std=0.01)
             nn.init.constant_(self.logits.bias, -math.log((1 - prior_prob) / prior_prob))
@@ -97,7 +99,8 @@ class MaskBranch(nn.Module):
         mask_feats = self.tower(x)
         losses = {}
         if self.training and self.semantic_loss_on:
-            losses["loss_sem"] = self.semantic_loss(self.logits(self.seg_head(x)), gt_instances)
+            logits = self.logits(self.seg_head(features[self.in_features[0]]))
+            losses["loss_sem"] = self.semantic_loss(logits, gt_instances)
         return mask_feats, losses
 
     def semantic_loss(self, logits: Tensor, gt_instances: List[Instances]) -> Tensor:

@@ -1,0 +1,44 @@
+"""Reference implementation of the representation-equivariance loss of IUQ (METHOD.md section
+4), written with plain tensor ops so that a fused kernel can replace it and be checked
+against it."""
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["feature_equivariance_loss"]
+
+
+def feature_equivariance_loss(
+    view_feats: Tensor, warped: Tensor, valid: Tensor, distance: str = "l2"
+) -> Tensor:
+    """Distance between F(g(I)) and g(F(I)), averaged over the valid cells of the whole batch.
+
+    Args:
+        view_feats: [B, C, H, W] F(g(I)), the features computed on the views.
+        warped: [B, C, H, W] g(F(I)), the originals' features warped to the views
+            (``warp_to_view``).
+        valid: [B, H, W] bool, the cells where both are defined.
+        distance: per cell, "l2" is the squared difference averaged over channels, "cosine" is
+            1 - cosine similarity over channels.
+    Returns:
+        A scalar, computed in float32. Both inputs receive gradients (no stop-gradient): the
+        term pulls the view pass and the original pass towards each other. Without any valid
+        cell it is zero and still depends on both inputs, so that every parameter stays in the
+        graph (DDP).
+    """
+    if view_feats.shape != warped.shape or view_feats.dim() != 4:
+        raise ValueError(f"feature_equivariance_loss expects two [B, C, H, W] tensors of the same "
+                         f"shape, got {tuple(view_feats.shape)} and {tuple(warped.shape)}")
+    if valid.shape != view_feats.shape[:1] + view_feats.shape[2:]:
+        raise ValueError(f"valid must be [B, H, W] = {tuple(view_feats.shape[:1] + view_feats.shape[2:])},"
+                         f" got {tuple(valid.shape)}")
+    a, b = view_feats.float(), warped.float()
+    if distance == "l2":
+        per_cell = (a - b).pow(2).mean(dim=1)
+    elif distance == "cosine":
+        per_cell = 1.0 - F.cosine_similarity(a, b, dim=1)
+    else:
+        raise ValueError(f"MODEL.IUQ.EQUI.FEAT_DISTANCE must be 'l2' or 'cosine', got {distance!r}")
+    valid = valid.bool()
+    total = torch.where(valid, per_cell, per_cell.new_zeros(())).sum()
+    return total / valid.sum().clamp(min=1)

@@ -1,0 +1,93 @@
+"""The query bank: a first-in-first-out memory of instance pixels from past training images,
+the negatives of the inter-scene uniqueness loss."""
+from dataclasses import dataclass, fields
+from typing import List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ...utils.comm import all_gather_rows
+
+
+@dataclass
+class BankEntries:
+    """Instance pixels, one row each. Features and geometry are constants (no gradient)."""
+
+    feats: Tensor  # [N, C] mask feature F at the pixel's stride-8 cell
+    positions: Tensor  # [N, 2] (x, y) of the cell centre in its image, input pixels
+    offsets: Tensor  # [N, 2] from the pixel to its instance's box centre, input pixels
+    image_ids: Tensor  # [N] int64 id of the source image
+    classes: Tensor  # [N] int64 class of the pixel's instance
+
+    def __len__(self) -> int:
+        return self.feats.shape[0]
+
+    def __getitem__(self, index) -> "BankEntries":
+        return BankEntries(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    @staticmethod
+    def empty(feat_dim: int, device: torch.device) -> "BankEntries":
+        real = torch.zeros((0, 2), device=device)
+        index = torch.zeros(0, dtype=torch.int64, device=device)
+        return BankEntries(torch.zeros((0, feat_dim), device=device), real, real.clone(), index, index.clone())
+
+    @staticmethod
+    def cat(parts: List["BankEntries"]) -> "BankEntries":
+        return BankEntries(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(BankEntries)))
+
+    def all_gather(self) -> "BankEntries":
+        """The entries of every process, in rank order (identical on all processes)."""
+        gathered, _ = all_gather_rows(*(getattr(self, f.name) for f in fields(self)))
+        return BankEntries(*gathered)
+
+
+class QueryBank(nn.Module):
+    """Ring buffer of :class:`BankEntries` kept in registered buffers.
+
+    The buffers travel with the model's state_dict, so checkpoints save the bank and
+    ``--resume`` restores it. Every process enqueues the same all-gathered entries at the same
+    pointer, so the bank is identical on all processes without ever being broadcast.
+    """
+
+    def __init__(self, capacity: int, feat_dim: int):
+        super().__init__()
+        if capacity <= 0:
+            raise ValueError(f"MODEL.IUQ.INTER.BANK_SIZE must be positive, got {capacity}")
+        self.capacity = capacity
+        self.register_buffer("feats", torch.zeros(capacity, feat_dim))
+        self.register_buffer("positions", torch.zeros(capacity, 2))
+        self.register_buffer("offsets", torch.zeros(capacity, 2))
+        self.register_buffer("image_ids", torch.full((capacity,), -1, dtype=torch.int64))
+        self.register_buffer("classes", torch.full((capacity,), -1, dtype=torch.int64))
+        self.register_buffer("valid", torch.zeros(capacity, dtype=torch.bool))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def num_filled(self) -> int:
+        return int(self.valid.sum())
+
+    @torch.no_grad()
+    def enqueue(self, entries: BankEntries) -> None:
+        """Write entries at the pointer, wrapping around; with more entries than capacity only
+        the last ``capacity`` are kept."""
+        n = len(entries)
+        if n == 0:
+            return
+        if n > self.capacity:
+            entries = entries[n - self.capacity:]
+            n = self.capacity
+        slots = (self.ptr + torch.arange(n, device=self.ptr.device)) % self.capacity
+        for f in fields(BankEntries):
+            buffer = getattr(self, f.name)
+            buffer[slots] = getattr(entries, f.name).to(buffer.dtype)
+        self.valid[slots] = True
+        self.ptr.copy_((self.ptr + n) % self.capacity)
+
+    @torch.no_grad()
+    def sample(self, num: int, generator: Optional[torch.Generator] = None) -> BankEntries:
+        """Up to ``num`` distinct filled entries, uniformly at random."""
+        filled = torch.nonzero(self.valid).squeeze(1)
+        if len(filled) > num:
+            pick = torch.randperm(len(filled), generator=generator, device="cpu")[:num]
+            filled = filled[pick.to(filled.device)]
+        return BankEntries(*(getattr(self, f.name)[filled] for f in fields(BankEntries)))

@@ -1,0 +1,52 @@
+"""The query bank under real multi-process training (gloo on CPU)."""
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+from torch.nn.parallel import DistributedDataParallel
+
+from .conftest import make_input
+from .test_query_bank import iuq_config
+
+# Instances per image on each rank: rank 2 has none at all.
+RANK_BOXES = {
+    0: [[[10, 12, 60, 70], [50, 40, 120, 90]], [[5, 5, 30, 40]]],
+    1: [[], [[20, 20, 70, 60]]],
+    2: [[], []],
+}
+ITERATIONS = 3
+
+
+def _worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    model = DistributedDataParallel(build_model(iuq_config()), broadcast_buffers=False)
+    torch.manual_seed(rank)  # ranks draw different pixels
+    batch = [make_input(96, 128, boxes, [0] * len(boxes), seed=100 * rank + i)
+             for i, boxes in enumerate(RANK_BOXES[rank])]
+    with EventStorage():
+        for _ in range(ITERATIONS):
+            losses = model(batch)
+            sum(losses.values()).backward()
+    bank = model.module.query_bank
+    torch.save({name: buf.clone() for name, buf in bank.named_buffers()}, os.path.join(out_dir, f"{rank}.pth"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_bank_is_identical_on_all_ranks_and_holds_every_rank(tmp_path):
+    world_size = 3
+    mp.spawn(_worker, args=(world_size, str(tmp_path / "store"), str(tmp_path)), nprocs=world_size)
+    banks = [torch.load(tmp_path / f"{r}.pth", weights_only=True) for r in range(world_size)]
+    for other in banks[1:]:
+        for name, value in banks[0].items():
+            assert torch.equal(value, other[name]), name
+    k = iuq_config().MODEL.IUQ.INTER.PIXELS_PER_INSTANCE
+    ids = banks[0]["image_ids"][banks[0]["valid"]]
+    for rank, images in RANK_BOXES.items():
+        for i, boxes in enumerate(images):
+            assert int((ids == 100 * rank + i).sum()) == len(boxes) * k * ITERATIONS
+    assert int(banks[0]["ptr"]) == 4 * k * ITERATIONS
