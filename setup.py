@@ -85,6 +85,7 @@ setup(
         "termcolor",
         "tabulate",
         "yacs",
+        "shapely",  # detectron2 crops polygon masks with it (equivariance views, INPUT.CROP)
     ],
     extras_require={"test": ["pytest"]},
     ext_modules=ext_modules,

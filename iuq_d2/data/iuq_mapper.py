@@ -1,4 +1,5 @@
 """The training mapper of IUQ's equivariance: every image comes with a geometric view g(I)."""
+import importlib.util
 import re
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -50,6 +51,10 @@ class IUQDatasetMapper(CondInstDatasetMapper):
             kwargs: arguments of :class:`CondInstDatasetMapper`.
         """
         super().__init__(is_train, **kwargs)
+        # detectron2 crops polygons with shapely; fail here rather than in a loader worker.
+        if is_train and self.use_instance_mask and importlib.util.find_spec("shapely") is None:
+            raise ImportError("IUQDatasetMapper crops polygon masks, which needs shapely "
+                              "(pip install shapely)")
         lo, hi = view_crop_size
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"view_crop_size (MODEL.IUQ.EQUI.CROP_SIZE) must satisfy "
@@ -88,7 +93,8 @@ class IUQDatasetMapper(CondInstDatasetMapper):
         # The ids travel through the base conversion as class ids, so that its crowd and
         # empty-instance filtering decides which ids survive; the classes are restored after.
         tagged = [dict(obj, category_id=index) for index, obj in enumerate(annotations)]
-        classes = torch.as_tensor([int(obj["category_id"]) for obj in annotations], dtype=torch.int64)
+        classes = torch.as_tensor([int(obj["category_id"]) for obj in annotations],
+                                  dtype=torch.int64)
         instances = self.annotations_to_instances(tagged, transforms, image_shape)
         instances.gt_ids = instances.gt_classes
         instances.gt_classes = classes[instances.gt_ids]
@@ -100,7 +106,8 @@ class IUQDatasetMapper(CondInstDatasetMapper):
         dataset_dict = dict(dataset_dict)
         image, transforms = self.augment(self.load_image(dataset_dict))
         view_transforms = sample_view_transforms(
-            image.shape[:2], self.view_crop_size, self.view_scales, self.view_flip_prob, self.view_align
+            image.shape[:2], self.view_crop_size, self.view_scales, self.view_flip_prob,
+            self.view_align,
         )
         view_image = view_transforms.apply_image(image)
         dataset_dict["image"] = _to_chw_tensor(image)

@@ -31,7 +31,8 @@ def sample_view_transforms(
     h, w = image_size
     trimmed_h, trimmed_w = h // align * align, w // align * align
     if trimmed_h == 0 or trimmed_w == 0:
-        raise ValueError(f"Cannot crop a view aligned to {align} from an image of size {image_size}")
+        raise ValueError(f"Cannot crop a view aligned to {align} from an image of size "
+                         f"{tuple(image_size)}")
     rel_h, rel_w = np.random.uniform(crop_size[0], crop_size[1], size=2)
     crop_h = int(np.clip(round(rel_h * trimmed_h / align), 1, trimmed_h // align)) * align
     crop_w = int(np.clip(round(rel_w * trimmed_w / align), 1, trimmed_w // align)) * align

@@ -29,9 +29,9 @@ def feature_equivariance_loss(
     if view_feats.shape != warped.shape or view_feats.dim() != 4:
         raise ValueError(f"feature_equivariance_loss expects two [B, C, H, W] tensors of the same "
                          f"shape, got {tuple(view_feats.shape)} and {tuple(warped.shape)}")
-    if valid.shape != view_feats.shape[:1] + view_feats.shape[2:]:
-        raise ValueError(f"valid must be [B, H, W] = {tuple(view_feats.shape[:1] + view_feats.shape[2:])},"
-                         f" got {tuple(valid.shape)}")
+    cells = view_feats.shape[:1] + view_feats.shape[2:]
+    if valid.shape != cells:
+        raise ValueError(f"valid must be [B, H, W] = {tuple(cells)}, got {tuple(valid.shape)}")
     a, b = view_feats.float(), warped.float()
     if distance == "l2":
         per_cell = (a - b).pow(2).mean(dim=1)

@@ -15,7 +15,7 @@ from torch import Tensor
 __all__ = ["warp_to_view"]
 
 # How far (in cells) a source position may be from an integer for the warp to index exactly.
-_EXACT_TOL = 1e-4
+_EXACT_TOL = 1e-6
 
 Sizes = Union[Tensor, Sequence[Tuple[int, int]]]
 
