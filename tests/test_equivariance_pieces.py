@@ -12,7 +12,6 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode, ImageList, PolygonMasks
 
 from iuq_d2.config import add_condinst_config, add_iuq_config
-from iuq_d2.config_equi import add_iuq_equivariance_config
 from iuq_d2.data.iuq_mapper import IUQDatasetMapper
 from iuq_d2.data.mapper import CondInstDatasetMapper
 from iuq_d2.data.views import sample_view_transforms, transform_to_affine
@@ -26,7 +25,6 @@ def make_cfg(**overrides):
     cfg = get_cfg()
     add_condinst_config(cfg)
     add_iuq_config(cfg)
-    add_iuq_equivariance_config(cfg)
     cfg.INPUT.MIN_SIZE_TRAIN = (128,)
     cfg.INPUT.MAX_SIZE_TRAIN = 256
     for key, value in overrides.items():
@@ -70,18 +68,6 @@ def image_dict(tmp_path_factory):
     ]
     return {"file_name": path, "height": 150, "width": 190, "image_id": 7,
             "annotations": annotations}
-
-
-def test_config_keys():
-    cfg = make_cfg()
-    equi = cfg.MODEL.IUQ.EQUI
-    assert equi.ENABLED and equi.MODE == "paired" and equi.QUERY_LOSS_WEIGHT == 3.0
-    assert equi.FEAT_DISTANCE == "l2" and equi.FLIP_PROB == 0.5
-    assert tuple(equi.CROP_SIZE) == (0.6, 1.0) and tuple(equi.SCALES) == (0.75, 1.0, 1.25)
-    assert cfg.MODEL.IUQ.INTER.ENABLED  # the other IUQ keys survive
-    alone = get_cfg()
-    add_iuq_equivariance_config(alone)
-    assert alone.MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT == cfg.MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT
 
 
 def test_sampled_views_are_aligned():

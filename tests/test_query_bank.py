@@ -17,7 +17,8 @@ from .conftest import make_input, tiny_config
 
 
 def iuq_config(**overrides):
-    return tiny_config(**{"MODEL.META_ARCHITECTURE": "IUQCondInst", "MODEL.IUQ.INTER.BANK_SIZE": 500,
+    return tiny_config(**{"MODEL.META_ARCHITECTURE": "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED": False,
+                          "MODEL.IUQ.INTER.BANK_SIZE": 500,
                           "MODEL.IUQ.INTER.PIXELS_PER_INSTANCE": 6, **overrides})
 
 

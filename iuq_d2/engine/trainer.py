@@ -11,6 +11,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..data.iuq_mapper import IUQDatasetMapper
 from ..data.mapper import CondInstDatasetMapper
 from .checkpoint import AtomicCheckpointer
 
@@ -46,7 +47,20 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=CondInstDatasetMapper(cfg, is_train=True))
+        """With IUQ's equivariance on, every image comes with its view; in "paired" mode the
+        views count towards SOLVER.IMS_PER_BATCH, so half as many dataset images are drawn."""
+        equi = cfg.MODEL.IUQ.EQUI
+        if cfg.MODEL.META_ARCHITECTURE != "IUQCondInst" or not equi.ENABLED:
+            return build_detection_train_loader(cfg, mapper=CondInstDatasetMapper(cfg, is_train=True))
+        batch_size = cfg.SOLVER.IMS_PER_BATCH
+        if equi.MODE == "paired":
+            if batch_size % (2 * comm.get_world_size()) != 0:
+                raise ValueError(f"SOLVER.IMS_PER_BATCH ({batch_size}) must be a multiple of "
+                                 f"2 x {comm.get_world_size()} processes with MODEL.IUQ.EQUI.MODE "
+                                 "'paired' (each image brings its view)")
+            batch_size //= 2
+        return build_detection_train_loader(cfg, mapper=IUQDatasetMapper(cfg, is_train=True),
+                                            total_batch_size=batch_size)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

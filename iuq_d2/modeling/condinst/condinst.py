@@ -1,6 +1,6 @@
 """CondInst (Tian et al., ECCV 2020) as a detectron2 meta-architecture."""
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -174,14 +174,25 @@ class CondInst(nn.Module):
             return positives[positives.im_inds < 0]
         return positives[torch.cat(keep)]
 
-    def mask_loss(self, mask_feats: Tensor, queries: Instances, gt_instances: List[Instances]) -> Tensor:
-        """Mean dice loss of the queries' masks against their ground-truth instances."""
+    def mask_loss(self, mask_feats: Tensor, queries: Instances, gt_instances: List[Instances],
+                  valid: Optional[Tensor] = None) -> Tensor:
+        """Mean dice loss of the queries' masks against their ground-truth instances.
+
+        ``valid`` ([N, H, W] bool at the stride of ``mask_feats``), when given, restricts the
+        loss to those cells of each query's image.
+        """
         if len(queries) == 0:
             # Keep every parameter in the graph so DDP's gradient reduction stays in step.
             return mask_feats.sum() * 0.0 + queries.mask_head_params.sum() * 0.0
         logits = self.mask_head(mask_feats, self.mask_branch.out_stride, queries)
-        gt_masks = torch.cat([x.gt_bitmasks for x in gt_instances])[queries.gt_inds]
-        return dice_loss(logits.sigmoid(), gt_masks.unsqueeze(1)).mean()
+        probs = logits.sigmoid()
+        gt_masks = torch.cat([x.gt_bitmasks for x in gt_instances])[queries.gt_inds].unsqueeze(1)
+        if valid is not None:
+            factor = probs.shape[-1] // valid.shape[-1]
+            cells = valid[queries.im_inds].repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+            cells = cells.unsqueeze(1).to(probs.dtype)
+            probs, gt_masks = probs * cells, gt_masks * cells
+        return dice_loss(probs, gt_masks).mean()
 
     def inference(self, batched_inputs: List[dict], do_postprocess: bool = True):
         images = self.preprocess_image(batched_inputs)

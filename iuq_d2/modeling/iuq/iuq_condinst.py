@@ -1,7 +1,15 @@
 """IUQ-CondInst: CondInst trained with Instance-Unique Querying (Wang et al., NeurIPS 2022).
 
-Every IUQ term is a training loss; at inference the model is CondInst, with the same weights
-layout (plus the query bank's buffers, which ``iuq_d2.strip_checkpoint`` removes).
+Two groups of training losses are added to CondInst's:
+
+* inter-scene uniqueness: the queries against instance pixels of other images, taken from a
+  bank shared by all GPUs (``MODEL.IUQ.INTER``);
+* transformation equivariance: each image I comes with a view g(I) from the dataset mapper;
+  the queries of g(I) must segment it on g(F(I)), the warped representation of I, and F(g(I))
+  must equal g(F(I)) (``MODEL.IUQ.EQUI``).
+
+At inference the model is CondInst, with the same weights layout (plus the query bank's
+buffers, which ``iuq_d2.strip_checkpoint`` removes).
 """
 import zlib
 from typing import Dict, List
@@ -13,11 +21,15 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor
 
+from ...layers.equivariance import feature_equivariance_loss
 from ...layers.inter_scene import inter_scene_focal_loss
+from ...layers.warp import warp_to_view
 from ..condinst import CondInst, CondInstTrainOutputs
 from .query_bank import BankEntries, QueryBank
 
 COORD_MODES = ("instance_centered", "overlay")
+EQUI_MODES = ("paired", "extra")
+FEAT_DISTANCES = ("l2", "cosine")
 
 
 def image_ids_of(batched_inputs: List[dict], device: torch.device) -> Tensor:
@@ -48,6 +60,10 @@ class IUQCondInst(CondInst):
         bank_size: int,
         pixels_per_instance: int,
         num_negatives: int,
+        equi_enabled: bool,
+        equi_query_weight: float,
+        equi_feat_weight: float,
+        equi_feat_distance: str,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -59,6 +75,10 @@ class IUQCondInst(CondInst):
         self.pixels_per_instance = pixels_per_instance
         self.num_negatives = num_negatives
         self.query_bank = QueryBank(bank_size, self.mask_branch.out_channels) if inter_enabled else None
+        self.equi_enabled = equi_enabled
+        self.equi_query_weight = equi_query_weight
+        self.equi_feat_weight = equi_feat_weight
+        self.equi_feat_distance = equi_feat_distance
 
     @classmethod
     def from_config(cls, cfg):
@@ -69,7 +89,17 @@ class IUQCondInst(CondInst):
         for key in ("PIXELS_PER_INSTANCE", "NUM_NEGATIVES"):
             if inter[key] < 0:
                 raise ValueError(f"MODEL.IUQ.INTER.{key} must be >= 0, got {inter[key]}")
+        equi = cfg.MODEL.IUQ.EQUI
+        if equi.MODE not in EQUI_MODES:
+            raise ValueError(f"MODEL.IUQ.EQUI.MODE must be one of {EQUI_MODES}, got {equi.MODE!r}")
+        if equi.FEAT_DISTANCE not in FEAT_DISTANCES:
+            raise ValueError(f"MODEL.IUQ.EQUI.FEAT_DISTANCE must be one of {FEAT_DISTANCES}, "
+                             f"got {equi.FEAT_DISTANCE!r}")
         ret.update(
+            equi_enabled=equi.ENABLED,
+            equi_query_weight=equi.QUERY_LOSS_WEIGHT,
+            equi_feat_weight=equi.FEAT_LOSS_WEIGHT,
+            equi_feat_distance=equi.FEAT_DISTANCE,
             inter_enabled=inter.ENABLED,
             inter_weight=inter.LOSS_WEIGHT,
             inter_warmup_iters=inter.WARMUP_ITERS,
@@ -85,13 +115,53 @@ class IUQCondInst(CondInst):
     def forward(self, batched_inputs: List[dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        images = self.preprocess_image(batched_inputs)
-        gt_instances = self.prepare_targets(batched_inputs, images)
+        inputs = batched_inputs + self.view_inputs(batched_inputs) if self.equi_enabled else batched_inputs
+        images = self.preprocess_image(inputs)
+        gt_instances = self.prepare_targets(inputs, images)
         outputs = self.forward_train(images, gt_instances)
         losses = outputs.losses
+        if self.equi_enabled:
+            losses.update(self.equivariance_losses(outputs, images, gt_instances, batched_inputs))
         if self.query_bank is not None:
-            image_ids = image_ids_of(batched_inputs, self.device)
+            image_ids = image_ids_of(inputs, self.device)
             losses["loss_inter"] = self.inter_scene_loss(outputs, gt_instances, image_ids)
+        return losses
+
+    @staticmethod
+    def view_inputs(batched_inputs: List[dict]) -> List[dict]:
+        """The views g(I) as inputs of their own, appended after the originals in one batch.
+        A view keeps its original's image id: its instances are the same objects."""
+        views = []
+        for index, x in enumerate(batched_inputs):
+            if "view" not in x:
+                raise KeyError(f"training input {index} (file {x.get('file_name', '?')}) has no "
+                               "'view': MODEL.IUQ.EQUI.ENABLED needs the IUQDatasetMapper, which "
+                               "iuq_d2's Trainer builds for IUQCondInst")
+            view = x["view"]
+            views.append({"image": view["image"], "instances": view["instances"],
+                          "image_id": x.get("image_id"), "file_name": x.get("file_name")})
+        return views
+
+    def equivariance_losses(self, outputs: CondInstTrainOutputs, images, gt_instances: List[Instances],
+                            batched_inputs: List[dict]) -> Dict[str, Tensor]:
+        """Query equivariance (the dice loss of the views' queries applied to g(F(I))) and
+        representation equivariance (F(g(I)) against g(F(I))), on the cells where g(F(I)) has a
+        counterpart in I."""
+        n = len(batched_inputs)
+        feats = outputs.mask_feats
+        affines = torch.stack([x["view"]["affine"] for x in batched_inputs]).to(self.device)
+        warped, valid = warp_to_view(feats[:n], affines, images.image_sizes[:n], feats.shape[-2:],
+                                     images.image_sizes[n:], self.mask_branch.out_stride)
+        losses = {}
+        if self.equi_query_weight > 0:
+            queries = outputs.queries[outputs.queries.im_inds >= n]
+            queries.im_inds = queries.im_inds - n
+            queries.gt_inds = queries.gt_inds - sum(len(g) for g in gt_instances[:n])
+            loss = self.mask_loss(warped, queries, gt_instances[n:], valid)
+            losses["loss_equi_query"] = loss * self.equi_query_weight
+        if self.equi_feat_weight > 0:
+            loss = feature_equivariance_loss(feats[n:], warped, valid, self.equi_feat_distance)
+            losses["loss_equi_feat"] = loss * self.equi_feat_weight
         return losses
 
     def inter_scene_loss(self, outputs: CondInstTrainOutputs, gt_instances: List[Instances],
