@@ -2,7 +2,8 @@
 # .ci/slurm-up.sh: a one-node Slurm (Debian 12's 22.05 packages) on 127.0.0.1 for the tests in
 # tests/slurm. Installs the packages when missing, starts munged, slurmctld and slurmd, and waits
 # for the node. Idempotent; needs root. Recipe and pitfalls: /work/shared/design/SLURM.md.
-# Exit status 3: this machine already has a slurm.conf that we did not write; it is left alone.
+# Exit status 2: the packages could not be installed; 3: this machine already has a slurm.conf
+# that we did not write, which is left alone.
 set -euo pipefail
 MARK="# written by iuq_d2 .ci/slurm-up.sh"
 CONF=/etc/slurm/slurm.conf
@@ -11,9 +12,11 @@ if [ -e "$CONF" ] && ! grep -qxF "$MARK" "$CONF"; then
   exit 3
 fi
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    slurmctld slurmd slurm-client munge >/dev/null
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null; } || {
+    echo "could not install slurmctld slurmd slurm-client munge with apt-get" >&2
+    exit 2
+  }
 fi
 
 # True when the PID file names a live process with that command name.

@@ -105,6 +105,10 @@ def add_condinst_config(cfg: CN) -> None:
     # Auxiliary semantic segmentation loss on the fused features (training only).
     _C.MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON = False
 
+    # "SGD" (detectron2's, with SOLVER.MOMENTUM) or "ADAMW"; both use SOLVER.BASE_LR,
+    # SOLVER.WEIGHT_DECAY* and the learning rate schedule.
+    _C.SOLVER.OPTIMIZER = "SGD"
+
     # COCO-format datasets to register at set-up, each [name, json_file, image_root]; their
     # names can then be used in DATASETS.TRAIN / DATASETS.TEST.
     _C.DATASETS.CUSTOM_COCO = []

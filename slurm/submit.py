@@ -2,7 +2,7 @@
 """Submit iuq_d2 training to Slurm through submitit (see docs/slurm.md).
 
     python slurm/submit.py --nodes 2 --gpus-per-node 8 --partition gpu -- \
-        --config-file configs/IUQ-CondInst/R50_1x.yaml OUTPUT_DIR output/iuq_r50
+        --config-file configs/IUQ-CondInst/MS_R_50_1x.yaml OUTPUT_DIR output/iuq_r50
 
 Installed packages also get the same command as ``iuq_d2-slurm``.
 """

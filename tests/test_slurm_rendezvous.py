@@ -1,4 +1,5 @@
 """The Slurm launcher without Slurm: hostlists, the rendezvous table, requeue arguments, dry run."""
+import multiprocessing
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ from iuq_d2.engine.slurm import (
     SlurmTrainJob,
     default_port,
     expand_hostlist,
+    main,
     rendezvous,
+    threads_per_process,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +39,9 @@ def test_expand_hostlist(hostlist, hosts):
     assert expand_hostlist(hostlist) == hosts
 
 
-@pytest.mark.parametrize("hostlist", ["", "a,,b", "gpu[1-3", "gpu1-3]", "g[[1]]", "g[3-1]", "g[a-b]", "g[]"])
+@pytest.mark.parametrize(
+    "hostlist", ["", "a,,b", "gpu[1-3", "gpu1-3]", "g[[1]]", "g[3-1]", "g[a-b]", "g[]"]
+)
 def test_expand_hostlist_rejects_malformed(hostlist):
     with pytest.raises(ValueError):
         expand_hostlist(hostlist)
@@ -60,18 +65,35 @@ ODD = "gpu[01-03,7],cpu-a"
     "env, port, expected",
     [
         (_env(), None, Rendezvous(1, 0, "tcp://vm:21234")),
-        (_env(nodelist="node[1-4]", num_nodes="4", node_id="0"), None, Rendezvous(4, 0, "tcp://node1:21234")),
-        (_env(nodelist="node[1-4]", num_nodes="4", node_id="3"), None, Rendezvous(4, 3, "tcp://node1:21234")),
-        (_env(job_id="987654", nodelist=ODD, num_nodes="5", node_id="3"), None, Rendezvous(5, 3, "tcp://gpu01:27654")),
-        (_env(job_id="987654", nodelist=ODD, num_nodes="5", node_id="4"), 29500, Rendezvous(5, 4, "tcp://gpu01:29500")),
+        # 4 nodes: every node gets the same URL, its own rank.
+        (_env(nodelist="n[1-4]", num_nodes="4"), None, Rendezvous(4, 0, "tcp://n1:21234")),
+        (
+            _env(nodelist="n[1-4]", num_nodes="4", node_id="3"),
+            None,
+            Rendezvous(4, 3, "tcp://n1:21234"),
+        ),
+        (
+            _env(job_id="987654", nodelist=ODD, num_nodes="5", node_id="3"),
+            None,
+            Rendezvous(5, 3, "tcp://gpu01:27654"),
+        ),
+        (
+            _env(job_id="987654", nodelist=ODD, num_nodes="5", node_id="4"),
+            29500,
+            Rendezvous(5, 4, "tcp://gpu01:29500"),
+        ),
         # Slurm before 20.x only sets the old names.
         (
-            _env(nodelist=None, num_nodes=None, SLURM_NODELIST="c[3-4]", SLURM_NNODES="2", node_id="1"),
+            dict(SLURM_JOB_ID="1234", SLURM_NODELIST="c[3-4]", SLURM_NNODES="2", SLURM_NODEID="1"),
             None,
             Rendezvous(2, 1, "tcp://c3:21234"),
         ),
         # The node count is optional: the node list alone gives it.
-        (_env(nodelist="c[3-4]", num_nodes=None, node_id="1"), None, Rendezvous(2, 1, "tcp://c3:21234")),
+        (
+            _env(nodelist="c[3-4]", num_nodes=None, node_id="1"),
+            None,
+            Rendezvous(2, 1, "tcp://c3:21234"),
+        ),
     ],
 )
 def test_rendezvous_table(env, port, expected):
@@ -114,38 +136,44 @@ def test_default_port_range_and_determinism():
     assert len({default_port(str(i)) for i in range(500, 500 + PORT_SPAN)}) == PORT_SPAN
 
 
-def test_checkpoint_requeues_with_resume_once():
-    job = SlurmTrainJob(["--config-file", "a.yaml", "SOLVER.MAX_ITER", "10"], {"GLOO_SOCKET_IFNAME": "lo"}, 29500)
+class _Worker:
+    killed = False
+
+    def kill(self):
+        self.killed = True
+
+
+def test_checkpoint_requeues_with_resume_once_and_stops_the_workers(monkeypatch):
+    workers = [_Worker(), _Worker()]
+    monkeypatch.setattr(multiprocessing, "active_children", lambda: workers)
+    argv = ["--config-file", "a.yaml", "SOLVER.MAX_ITER", "10"]
+    job = SlurmTrainJob(argv, {"GLOO_SOCKET_IFNAME": "lo"}, 29500)
     first = job.checkpoint()
+    assert all(w.killed for w in workers)
     again = first.function.checkpoint()
     for delayed in (first, again):
         requeued = delayed.function
         assert isinstance(requeued, SlurmTrainJob)
         # Before the config overrides, which take every token after them.
-        assert requeued.train_argv == ["--resume", "--config-file", "a.yaml", "SOLVER.MAX_ITER", "10"]
+        assert requeued.train_argv == ["--resume", *argv]
         assert requeued.env == {"GLOO_SOCKET_IFNAME": "lo"} and requeued.port == 29500
         assert delayed.args == () and delayed.kwargs == {}
-    assert job.train_argv[0] == "--config-file"  # the running job's own arguments are untouched
-
-
-def _submit_py(*argv, timeout=120):
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "slurm" / "submit.py"), *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO_ROOT,
-    )
+    assert job.train_argv == argv  # the running job's own arguments are untouched
 
 
 def test_dry_run_prints_and_submits_nothing(tmp_path):
+    """Through slurm/submit.py itself, as users call it (it finds the package on its own)."""
     job_dir = tmp_path / "jobs"
-    proc = _submit_py(
-        "--dry-run", "--nodes", "4", "--gpus-per-node", "8", "--cpus-per-task", "32",
-        "--mem", "200", "--partition", "gpu", "--timeout", "120", "--account", "acc",
-        "--qos", "high", "--constraint", "a100", "--comment", "iuq run", "--port", "29511",
-        "--nccl-socket-ifname", "ib0", "--gloo-socket-ifname", "eth0", "--job-dir", str(job_dir),
-        "--", "--config-file", "configs/x.yaml", "SOLVER.MAX_ITER", "100",
+    proc = subprocess.run(
+        [
+            sys.executable, str(REPO_ROOT / "slurm" / "submit.py"), "--dry-run", "--nodes", "4",
+            "--gpus-per-node", "8", "--cpus-per-task", "32", "--mem", "200", "--partition", "gpu",
+            "--timeout", "120", "--account", "acc", "--qos", "high", "--constraint", "a100",
+            "--comment", "iuq run", "--port", "29511", "--nccl-socket-ifname", "ib0",
+            "--gloo-socket-ifname", "eth0", "--job-dir", str(job_dir),
+            "--", "--config-file", "configs/x.yaml", "SOLVER.MAX_ITER", "100",
+        ],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -155,7 +183,8 @@ def test_dry_run_prints_and_submits_nothing(tmp_path):
         '"mem_gb": 200.0', '"slurm_partition": "gpu"', '"timeout_min": 120',
         '"slurm_account": "acc"', '"slurm_qos": "high"', '"slurm_constraint": "a100"',
         '"slurm_comment": "iuq run"', "NCCL_SOCKET_IFNAME=ib0", "GLOO_SOCKET_IFNAME=eth0",
-        f"submitit folder: {job_dir}/%j",
+        f"submitit folder: {job_dir}/%j", f"export PYTHONPATH={REPO_ROOT}",
+        "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}",
         "--num-machines 4 --machine-rank '<SLURM_NODEID>' "
         "--dist-url 'tcp://<first host of SLURM_JOB_NODELIST>:29511' "
         "--num-gpus 8 --config-file configs/x.yaml SOLVER.MAX_ITER 100",
@@ -165,15 +194,31 @@ def test_dry_run_prints_and_submits_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("option", ["--num-machines", "--machine-rank", "--dist-url=tcp://a:1"])
-def test_derived_options_are_refused(option):
+def test_derived_options_are_refused(option, capsys):
     argv = [option] if "=" in option else [option, "1"]
-    proc = _submit_py("--dry-run", "--", *argv)
-    assert proc.returncode == 2
-    assert "derived from Slurm" in proc.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dry-run", "--", *argv])
+    assert exit_info.value.code == 2
+    assert "derived from Slurm" in capsys.readouterr().err
 
 
-def test_cpu_nodes_default_to_one_process_and_keep_explicit_num_gpus():
-    proc = _submit_py("--dry-run", "--gpus-per-node", "0", "--", "--num-gpus", "2")
-    assert proc.returncode == 0, proc.stderr
-    assert "gpus_per_node" not in proc.stdout
-    assert proc.stdout.count("--num-gpus") == 1 and "--num-gpus 2" in proc.stdout
+def test_train_net_arguments_are_checked_before_submitting(capsys):
+    with pytest.raises(SystemExit):
+        main(["--dry-run", "--", "--no-such-option"])
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_cpu_nodes_default_to_one_process_and_keep_explicit_num_gpus(capsys):
+    main(["--dry-run", "--gpus-per-node", "0", "--job-dir", "jobs/%j/x"])
+    out = capsys.readouterr().out
+    assert "gpus_per_node" not in out and "--num-gpus 1" in out and "jobs/%j/x" in out
+    main(["--dry-run", "--gpus-per-node", "0", "--", "--num-gpus", "2"])
+    out = capsys.readouterr().out
+    assert out.count("--num-gpus") == 1 and "--num-gpus 2" in out
+
+
+@pytest.mark.parametrize(
+    "cpus, processes, threads", [(64, 8, 8), (2, 2, 1), (3, 8, 1), (4, 0, 4), (None, 8, None)]
+)
+def test_threads_per_process(cpus, processes, threads):
+    assert threads_per_process(cpus, processes) == threads

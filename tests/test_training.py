@@ -6,11 +6,10 @@ import os
 
 import pytest
 import torch
-from detectron2.engine import launch
 
 from iuq_d2.data import ensure_shapes
 from iuq_d2.engine import Trainer
-from iuq_d2.engine.launch import build_argument_parser, main, setup
+from iuq_d2.engine.launch import build_argument_parser, main, run, setup
 
 from .conftest import DEMO_CONFIG, REPO
 
@@ -91,15 +90,12 @@ def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path, small_shape
     assert trainer.scheduler.last_epoch == 12
 
 
-def _two_process_main(args):
-    return main(args)
-
-
 def test_two_cpu_processes_train_with_gloo(tmp_path, small_shapes):
     out = tmp_path / "ddp"
     args = _args(out, small_shapes, "SOLVER.MAX_ITER", "6", "TEST.EVAL_PERIOD", "0",
                  "MODEL.META_ARCHITECTURE", "IUQCondInst", "DATASETS.TEST", "()")
-    launch(_two_process_main, 2, dist_url="auto", args=(args,))
+    args.num_gpus = 2
+    run(args)
     assert os.path.exists(out / "model_final.pth")
     iters = [m["iteration"] for m in _metrics(out)]
     assert iters[-1] == 5

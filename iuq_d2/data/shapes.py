@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 # Part of the cache folder name: bump it whenever the output changes so old files are not reused.
-GENERATOR_VERSION = "v2"
+GENERATOR_VERSION = "v3"
 SHAPES_CLASSES = ("circle", "rectangle", "triangle", "star")
 # split -> (number of images, seed). Different seeds keep val images out of train.
 SHAPES_SPLITS: Dict[str, Tuple[int, int]] = {"train": (1500, 0), "val": (200, 1)}
@@ -39,8 +39,8 @@ SHAPES_SPLITS: Dict[str, Tuple[int, int]] = {"train": (1500, 0), "val": (200, 1)
 EMPTY_EVERY = 20
 MAX_OBJECTS = 8
 # Object extent in pixels per scale (small, medium, large) and how often each scale is drawn.
-SCALES = ((8, 16), (18, 48), (56, 110))
-SCALE_PROBS = (0.35, 0.4, 0.25)
+SCALES = ((10, 20), (22, 48), (56, 110))
+SCALE_PROBS = (0.25, 0.45, 0.3)
 # A placement is redrawn if any object would keep fewer visible pixels than this, less than this
 # fraction of its own area, or a connected piece smaller than MIN_PIECE_PIXELS.
 MIN_VISIBLE_PIXELS = 20

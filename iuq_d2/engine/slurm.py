@@ -35,6 +35,7 @@ __all__ = [
     "rendezvous",
     "run_on_node",
     "submit",
+    "threads_per_process",
 ]
 
 # Rendezvous ports are PORT_BASE + job id % PORT_SPAN: below Linux's ephemeral range (32768+), so
@@ -67,7 +68,7 @@ def expand_hostlist(hostlist: str) -> List[str]:
 
     Done here rather than with ``scontrol show hostnames`` so that the rendezvous stays a pure
     function of the environment. Several bracket groups in one name (``r[1-2]n[1-2]``) expand to
-    their product, as in Slurm.
+    their product, the first group outermost.
     """
     groups, depth, start = [], 0, 0
     for i, ch in enumerate(hostlist):
@@ -162,16 +163,35 @@ def rendezvous(env: Mapping[str, str], port: Optional[int] = None) -> Rendezvous
 
 
 def _worker(train_main: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> None:
-    """Run ``train_main`` in a process that ``launch()`` spawned, deaf to SIGTERM and SIGUSR2.
+    """Run ``train_main`` in one training process of this node.
 
-    Slurm signals every process of a job step. On preemption only the submitit process may react
-    (checkpoint and requeue); a worker killed by the signal first would make ``launch()`` raise
-    and the job be recorded as failed. Slurm kills the workers itself once the job is requeued.
+    In a process that ``launch()`` spawned, SIGTERM and SIGUSR2 are ignored: Slurm signals every
+    process of a job step, and on preemption only the submitit process may react (checkpoint and
+    requeue). A worker killed by the signal first would make ``launch()`` raise and the job be
+    recorded as failed; :meth:`SlurmTrainJob.checkpoint` stops the workers instead. After training
+    such a worker leaves through :func:`iuq_d2.engine.launch.leave_spawned_process`.
     """
-    if multiprocessing.parent_process() is not None:
+    spawned = multiprocessing.parent_process() is not None
+    if spawned:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     train_main(args)
+    from iuq_d2.engine.launch import leave_spawned_process
+
+    leave_spawned_process()
+
+
+def threads_per_process(cpus: Optional[int], num_processes: int) -> Optional[int]:
+    """OMP_NUM_THREADS that shares a task's CPUs among the node's training processes.
+
+    As torchrun does: left alone, every process runs one thread per core it sees, and
+    oversubscribed threads spin; on a busy 2-core machine the demo model trained 30 to 100 times
+    slower. It must be set before a process imports torch (torch.set_num_threads later did not
+    help), hence in the job's environment. None when Slurm was not told the CPUs.
+    """
+    if not cpus:
+        return None
+    return max(1, cpus // max(1, num_processes))
 
 
 def _with_resume(train_argv: Sequence[str]) -> List[str]:
@@ -194,6 +214,9 @@ def run_on_node(
     if int(env.get("SLURM_RESTART_COUNT") or 0) > 0:
         train_argv = _with_resume(train_argv)
     args = build_argument_parser().parse_args([*rendezvous(env, port).argv(), *train_argv])
+    threads = threads_per_process(int(env.get("SLURM_CPUS_PER_TASK") or 0), args.num_gpus)
+    if threads and "OMP_NUM_THREADS" not in env:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # read by the processes launch() spawns
     launch(
         _worker,
         args.num_gpus,
@@ -254,12 +277,14 @@ def build_submit_parser() -> argparse.ArgumentParser:
         "--gpus-per-node",
         type=int,
         default=8,
-        help="GPUs per node; also train_net's --num-gpus unless given after `--`. 0: CPU nodes, "
-        "gloo, and train_net's --num-gpus (default 1) processes per node",
+        help="GPUs per node (default 8); also train_net's --num-gpus unless given after `--`. "
+        "0: CPU nodes, gloo, and train_net's --num-gpus (default 1) processes per node",
     )
     res.add_argument("--cpus-per-task", type=int, help="CPUs of the one task on each node")
     res.add_argument("--mem", type=float, help="memory per node in GB")
-    res.add_argument("--timeout", type=int, default=24 * 60, help="time limit in minutes")
+    res.add_argument(
+        "--timeout", type=int, default=24 * 60, help="time limit in minutes (default 1440)"
+    )
     res.add_argument("--partition", help="Slurm partition")
     for name in ("account", "qos", "constraint", "comment"):
         res.add_argument(f"--{name}", help=f"passed to sbatch --{name}")
@@ -276,7 +301,7 @@ def build_submit_parser() -> argparse.ArgumentParser:
         "--max-timeouts",
         type=int,
         default=3,
-        help="how many time-outs requeue the job (preemptions do not count)",
+        help="how many time-outs requeue the job (default 3; preemptions do not count)",
     )
     job.add_argument("--dry-run", action="store_true", help="print what would be submitted")
 
@@ -319,8 +344,13 @@ def _job_env(opts: argparse.Namespace) -> Dict[str, str]:
     return {k: v for k, v in chosen.items() if v}
 
 
-def _train_argv(parser: argparse.ArgumentParser, argv: List[str], num_gpus: int) -> List[str]:
-    """Check train_net.py's arguments before anything is queued; default ``--num-gpus``."""
+def _train_argv(
+    parser: argparse.ArgumentParser, argv: List[str], num_gpus: int
+) -> Tuple[List[str], int]:
+    """Check train_net.py's arguments before anything is queued; default ``--num-gpus``.
+
+    Returns the arguments and the number of training processes per node.
+    """
     from iuq_d2.engine.launch import build_argument_parser
 
     derived = [o for o in DERIVED_OPTIONS if _has_option(argv, o)]
@@ -328,20 +358,27 @@ def _train_argv(parser: argparse.ArgumentParser, argv: List[str], num_gpus: int)
         parser.error(f"{', '.join(derived)}: derived from Slurm on every node, drop them")
     if not _has_option(argv, "--num-gpus"):
         argv = ["--num-gpus", str(num_gpus), *argv]
-    build_argument_parser().parse_args(argv)
-    return argv
+    return argv, build_argument_parser().parse_args(argv).num_gpus
 
 
-def executor_parameters(opts: argparse.Namespace) -> Dict[str, object]:
-    """``AutoExecutor.update_parameters`` arguments: one task per node, Slurm options passed on."""
-    # Jobs unpickle SlurmTrainJob, so they must import this package wherever they start from.
+def executor_parameters(opts: argparse.Namespace, num_processes: int) -> Dict[str, object]:
+    """``AutoExecutor.update_parameters`` arguments: one task per node, Slurm options passed on.
+
+    The job script exports PYTHONPATH, because jobs unpickle :class:`SlurmTrainJob` and so must
+    import this package wherever they start, and OMP_NUM_THREADS (unless the submitting shell set
+    it), because only a value set before Python starts reaches torch.
+    """
     package_root = str(Path(__file__).resolve().parents[2])
+    setup = [f"export PYTHONPATH={shlex.quote(package_root)}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    threads = threads_per_process(opts.cpus_per_task, num_processes)
+    if threads:
+        setup.append(f"export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-{threads}}}")
     params: Dict[str, object] = {
         "name": opts.job_name,
         "nodes": opts.nodes,
         "tasks_per_node": 1,
         "timeout_min": opts.timeout,
-        "slurm_setup": [f"export PYTHONPATH={shlex.quote(package_root)}${{PYTHONPATH:+:$PYTHONPATH}}"],
+        "slurm_setup": setup,
     }
     if opts.gpus_per_node > 0:
         params["gpus_per_node"] = opts.gpus_per_node
@@ -359,7 +396,7 @@ def _job_folder(job_dir: str) -> str:
     return job_dir if "%j" in job_dir else os.path.join(job_dir, "%j")
 
 
-def _describe(opts: argparse.Namespace, train_argv: List[str]) -> str:
+def _describe(opts: argparse.Namespace, train_argv: List[str], num_processes: int) -> str:
     """The dry-run report: what submit() would hand to submitit, and what each node would run."""
     port = opts.port if opts.port is not None else f"<{PORT_BASE} + SLURM_JOB_ID % {PORT_SPAN}>"
     rendezvous_argv = [
@@ -376,7 +413,8 @@ def _describe(opts: argparse.Namespace, train_argv: List[str]) -> str:
             "dry run: nothing submitted",
             f"submitit folder: {Path(_job_folder(opts.job_dir)).absolute()}",
             f"time-outs requeued at most: {opts.max_timeouts}",
-            "executor parameters: " + json.dumps(executor_parameters(opts), indent=2, sort_keys=True),
+            "executor parameters: "
+            + json.dumps(executor_parameters(opts, num_processes), indent=2, sort_keys=True),
             f"job environment: {env}",
             "each node runs the equivalent of:",
             "  " + shlex.join([sys.executable, "train_net.py", *rendezvous_argv, *train_argv]),
@@ -385,12 +423,12 @@ def _describe(opts: argparse.Namespace, train_argv: List[str]) -> str:
     )
 
 
-def submit(opts: argparse.Namespace, train_argv: List[str]) -> submitit.Job:
+def submit(opts: argparse.Namespace, train_argv: List[str], num_processes: int) -> submitit.Job:
     """Submit :class:`SlurmTrainJob` with ``opts``; the returned job's folder holds its logs."""
     executor = submitit.AutoExecutor(
         folder=_job_folder(opts.job_dir), cluster="slurm", slurm_max_num_timeout=opts.max_timeouts
     )
-    executor.update_parameters(**executor_parameters(opts))
+    executor.update_parameters(**executor_parameters(opts, num_processes))
     return executor.submit(SlurmTrainJob(train_argv, _job_env(opts), opts.port))
 
 
@@ -402,13 +440,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if opts.on_node:
         gpus = max(int(os.environ.get("SLURM_GPUS_ON_NODE") or 0), 1)
         os.environ.update(_job_env(opts))
-        run_on_node(_train_argv(parser, train_argv, gpus), os.environ, opts.port)
+        run_on_node(_train_argv(parser, train_argv, gpus)[0], os.environ, opts.port)
         return
-    train_argv = _train_argv(parser, train_argv, max(opts.gpus_per_node, 1))
+    train_argv, num_processes = _train_argv(parser, train_argv, max(opts.gpus_per_node, 1))
     if opts.dry_run:
-        print(_describe(opts, train_argv))
+        print(_describe(opts, train_argv, num_processes))
         return
-    job = submit(opts, train_argv)
+    job = submit(opts, train_argv, num_processes)
     print(f"Submitted job {job.job_id}")
     print(f"  logs: {job.paths.stdout} and {job.paths.stderr}")
     print(f"  follow: squeue -j {job.job_id}; cancel: scancel {job.job_id}")

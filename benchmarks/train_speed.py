@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Seconds per training iteration and peak memory of CondInst and its IUQ variants.
+
+Each (variant, repeat) runs in a fresh subprocess, round-robin, so that variants see the same
+machine conditions and their peak memory is their own. A step is forward + backward +
+optimizer step on batches prefetched from the config's training loader (data loading is not
+timed). Every batch is run once untimed before the timed pass over the same batches: the first
+step on a new input shape pays one-off costs (oneDNN / cuDNN kernel selection) that a long
+training run amortises over its few distinct padded shapes. Prints a table with ratios to the
+first variant and writes JSON.
+
+    python benchmarks/train_speed.py --config-file configs/Demo/shapes_CondInst.yaml \
+        --variants condinst bank equi_paired equi_extra full --out benchmarks/results/cpu.json
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+# Config overrides of each variant, applied after the config file and --opts.
+VARIANTS = {
+    "condinst": ["MODEL.META_ARCHITECTURE", "CondInst"],
+    "bank": ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED", "False"],
+    "equi_paired": ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.INTER.ENABLED", "False",
+                    "MODEL.IUQ.EQUI.MODE", "paired"],
+    "equi_extra": ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.INTER.ENABLED", "False",
+                   "MODEL.IUQ.EQUI.MODE", "extra"],
+    "full": ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.MODE", "paired"],
+}
+
+
+def measure(args) -> dict:
+    """Run in the subprocess: one untimed pass over ``args.iters`` batches, then a timed one."""
+    import torch
+    from detectron2.utils.env import seed_all_rng
+    from detectron2.utils.events import EventStorage
+
+    from iuq_d2.engine import Trainer
+    from iuq_d2.engine.launch import get_config
+
+    cfg = get_config()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts + VARIANTS[args.variant])
+    cfg.DATALOADER.NUM_WORKERS = 0
+    if args.device:
+        cfg.MODEL.DEVICE = args.device
+    seed_all_rng(args.seed)  # the same weights and images for every variant
+    model = Trainer.build_model(cfg)
+    model.train()
+    optimizer = Trainer.build_optimizer(cfg, model)
+    loader = iter(Trainer.build_train_loader(cfg))
+    batches = [next(loader) for _ in range(args.iters)]
+    on_cuda = model.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if args.amp else None
+
+    def step(batch):
+        with torch.autocast(model.device.type, enabled=args.amp):
+            losses = model(batch)
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+    times = []
+    with EventStorage():
+        for batch in batches:
+            step(batch)
+        for batch in batches:
+            if on_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step(batch)
+            if on_cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return {
+        "variant": args.variant,
+        "images_per_step": sum(1 + ("view" in x) for x in batches[0]),
+        "step_s": times,
+        "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if on_cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "memory_kind": "cuda max_memory_allocated" if on_cuda else "process peak RSS",
+        "device": torch.cuda.get_device_name() if on_cuda else platform.processor() or "cpu",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", default="configs/Demo/shapes_CondInst.yaml")
+    parser.add_argument("--variants", nargs="+", default=["condinst", "bank", "equi_paired", "full"],
+                        choices=sorted(VARIANTS))
+    parser.add_argument("--iters", type=int, default=10, help="batches, each run untimed then timed")
+    parser.add_argument("--repeats", type=int, default=2, help="subprocesses per variant, round-robin")
+    parser.add_argument("--device", default="", help="override MODEL.DEVICE")
+    parser.add_argument("--amp", action="store_true", help="autocast (CUDA float16)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="", help="JSON output path")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # set in the worker subprocess
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args()
+
+    if args.variant:
+        print("RESULT " + json.dumps(measure(args)))
+        return
+
+    runs = {v: [] for v in args.variants}
+    for repeat in range(args.repeats):
+        for variant in args.variants:
+            cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant,
+                   "--config-file", args.config_file, "--iters", str(args.iters),
+                   "--seed", str(args.seed + repeat)]
+            cmd += ["--device", args.device] if args.device else []
+            cmd += ["--amp"] if args.amp else []
+            cmd += args.opts
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+            if out.returncode != 0 or not lines:
+                sys.exit(f"variant {variant} failed:\n{out.stderr[-3000:]}")
+            runs[variant].append(json.loads(lines[0][len("RESULT "):]))
+
+    base = args.variants[0]
+    summary = {}
+    for variant, results in runs.items():
+        times = [t for r in results for t in r["step_s"]]
+        summary[variant] = {
+            "median_step_s": statistics.median(times),
+            "peak_mem_mb": max(r["peak_mem_mb"] for r in results),
+            "images_per_step": results[0]["images_per_step"],
+            "steps_timed": len(times),
+        }
+    for variant, s in summary.items():
+        s["step_ratio"] = s["median_step_s"] / summary[base]["median_step_s"]
+        s["mem_ratio"] = s["peak_mem_mb"] / summary[base]["peak_mem_mb"]
+
+    first = next(iter(runs.values()))[0]
+    header = (f"config {args.config_file} {' '.join(args.opts)} | device {first['device']} | "
+              f"memory: {first['memory_kind']} | {args.repeats}x{args.iters} steps per variant")
+    print(header)
+    print(f"{'variant':<12} {'images/step':>11} {'s/step':>8} {'ratio':>6} {'peak MB':>9} {'ratio':>6}")
+    for variant, s in summary.items():
+        print(f"{variant:<12} {s['images_per_step']:>11} {s['median_step_s']:>8.3f} {s['step_ratio']:>6.2f} "
+              f"{s['peak_mem_mb']:>9.0f} {s['mem_ratio']:>6.2f}")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"header": header, "argv": sys.argv[1:], "summary": summary, "runs": runs}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
