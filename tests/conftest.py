@@ -11,6 +11,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "Demo", "shapes_CondInst.yaml")
 
 
+def set_keys(cfg, overrides):
+    """Set dotted config keys, e.g. {"MODEL.FCOS.NUM_CLASSES": 3}; returns cfg."""
+    for key, value in overrides.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = getattr(node, p)
+        setattr(node, leaf, value)
+    return cfg
+
+
 def tiny_config(**overrides):
     """The demo config shrunk further, for model tests that need a fast forward/backward."""
     cfg = get_config()
@@ -22,13 +33,7 @@ def tiny_config(**overrides):
     cfg.MODEL.FCOS.NUM_BOX_CONVS = 1
     cfg.MODEL.FCOS.NORM = "GN"
     cfg.MODEL.FCOS.NUM_CLASSES = 3
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, value)
-    return cfg
+    return set_keys(cfg, overrides)
 
 
 def square_polygon(x0, y0, x1, y1):

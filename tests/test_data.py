@@ -31,6 +31,8 @@ from iuq_d2.data import (
 )
 from iuq_d2.data.shapes import SHAPES_SPLITS, mask_to_polygons, render_image
 
+from .conftest import set_keys
+
 
 @pytest.fixture(scope="module")
 def shapes60(tmp_path_factory):
@@ -55,13 +57,7 @@ def small_builtin(tmp_path):
 def make_cfg(**overrides):
     cfg = get_cfg()
     add_condinst_config(cfg)
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, value)
-    return cfg
+    return set_keys(cfg, overrides)
 
 
 def decode(segmentation, height, width):

@@ -18,6 +18,8 @@ from iuq_d2.data.views import sample_view_transforms, transform_to_affine
 from iuq_d2.layers.equivariance import feature_equivariance_loss
 from iuq_d2.layers.warp import warp_to_view
 
+from .conftest import set_keys
+
 STRIDE = 8
 
 
@@ -27,13 +29,7 @@ def make_cfg(**overrides):
     add_iuq_config(cfg)
     cfg.INPUT.MIN_SIZE_TRAIN = (128,)
     cfg.INPUT.MAX_SIZE_TRAIN = 256
-    for key, value in overrides.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = getattr(node, p)
-        setattr(node, leaf, value)
-    return cfg
+    return set_keys(cfg, overrides)
 
 
 def rect_polygon(x0, y0, x1, y1):

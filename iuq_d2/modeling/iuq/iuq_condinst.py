@@ -219,7 +219,7 @@ class IUQCondInst(CondInst):
                 continue
             cells = inst.gt_bitmasks_full[:, start::stride, start::stride][:, :h, :w].flatten(1).float()
             centers = inst.gt_boxes.get_centers()
-            tiny = (cells.sum(dim=1) == 0) & inst.gt_bitmasks_full.flatten(1).any(dim=1)
+            tiny = (cells.sum(dim=1) == 0) & (inst.gt_bitmasks_full.flatten(1).amax(dim=1) > 0)
             if tiny.any():
                 cx = (centers[tiny, 0] // stride).long().clamp(0, w - 1)
                 cy = (centers[tiny, 1] // stride).long().clamp(0, h - 1)
