@@ -90,7 +90,8 @@ def measure(args) -> dict:
         "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if on_cuda
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "memory_kind": "cuda max_memory_allocated" if on_cuda else "process peak RSS",
-        "device": torch.cuda.get_device_name() if on_cuda else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name() if on_cuda
+        else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads",
     }
 
 

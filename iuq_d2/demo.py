@@ -13,7 +13,10 @@ import os
 import time
 from typing import Dict, List, Optional
 
-from .engine.launch import build_argument_parser, main as train_main
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog
+
+from .engine.launch import build_argument_parser, get_config, main as train_main
 from .visualize import build_predictor, visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,32 +31,25 @@ def run(name: str, opts: List[str], num_vis: int) -> Dict[str, float]:
     if not os.path.exists(config):
         raise FileNotFoundError(f"{config} not found: run the demo from a source checkout of iuq_d2")
     args = build_argument_parser().parse_args(["--config-file", config, *opts])
+    cfg = _config(args)
     start = time.perf_counter()
     train_main(args)
     minutes = (time.perf_counter() - start) / 60
-    cfg_output = _output_dir(args)
-    with open(os.path.join(cfg_output, "metrics.json")) as f:
-        final = [json.loads(line) for line in f][-1]
-    predictor = build_predictor(config, os.path.join(cfg_output, "model_final.pth"), 0.05, opts)
-    files = _val_files(predictor.cfg.DATASETS.TEST[0], num_vis)
-    visualize(predictor, files, os.path.join(cfg_output, "vis"), predictor.cfg.DATASETS.TEST[0])
+    with open(os.path.join(cfg.OUTPUT_DIR, "metrics.json")) as f:
+        final = [json.loads(line) for line in f][-1]  # the end-of-training evaluation
+    predictor = build_predictor(config, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), 0.05, opts)
+    dataset = cfg.DATASETS.TEST[0]
+    files = [d["file_name"] for d in DatasetCatalog.get(dataset)[:num_vis]]
+    visualize(predictor, files, os.path.join(cfg.OUTPUT_DIR, "vis"), dataset)
     return {"segm AP": final.get("segm/AP", float("nan")), "bbox AP": final.get("bbox/AP", float("nan")),
-            "iterations": final["iteration"] + 1, "minutes": minutes, "output": cfg_output}
+            "iterations": cfg.SOLVER.MAX_ITER, "minutes": minutes, "output": cfg.OUTPUT_DIR}
 
 
-def _output_dir(args: argparse.Namespace) -> str:
-    from .engine.launch import get_config
-
+def _config(args: argparse.Namespace) -> CfgNode:
     cfg = get_config()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    return cfg.OUTPUT_DIR
-
-
-def _val_files(dataset: str, num: int) -> List[str]:
-    from detectron2.data import DatasetCatalog
-
-    return [d["file_name"] for d in DatasetCatalog.get(dataset)[:num]]
+    return cfg
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:

@@ -122,6 +122,16 @@ def test_no_valid_pair_gives_zero_with_graph():
     assert params.grad is not None
 
 
+def test_no_query_gives_zero_with_graph():
+    shapes = [(8, 5), (8, 8), (1, 8)]
+    params = torch.zeros(0, sum(o * i + o for o, i in shapes), requires_grad=True)
+    loss, stats = inter_scene_focal_loss(params, torch.zeros(0, 2), torch.ones(0), torch.zeros(0, dtype=torch.long),
+                                         torch.randn(5, 3), torch.zeros(5, 2), torch.arange(5), shapes)
+    assert loss.item() == 0.0 and stats.num_pairs.item() == 0
+    loss.backward()
+    assert params.grad is not None
+
+
 @pytest.mark.parametrize("mode", ["instance_centered", "overlay"])
 def test_relative_coordinates_of_the_two_modes(mode):
     """With a head whose logit is relu(rel_x) (features ignored), the loss reveals rel_x."""

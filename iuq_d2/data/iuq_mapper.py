@@ -47,7 +47,8 @@ class IUQDatasetMapper(CondInstDatasetMapper):
             view_crop_size: (min, max) side of the crop relative to the image side, in (0, 1].
             view_scales: rescale factors of the view, one drawn uniformly per image.
             view_flip_prob: probability of a horizontal flip.
-            view_align: the crop's offset and size are multiples of it (stride of F).
+            view_align: the crop's offset is a multiple of it and its sides one more than a
+                multiple (see ``sample_view_transforms``): the coarsest stride that feeds F.
             kwargs: arguments of :class:`CondInstDatasetMapper`.
         """
         super().__init__(is_train, **kwargs)
@@ -78,7 +79,7 @@ class IUQDatasetMapper(CondInstDatasetMapper):
             view_crop_size=tuple(equi.CROP_SIZE),
             view_scales=tuple(equi.SCALES),
             view_flip_prob=equi.FLIP_PROB,
-            view_align=_mask_feature_stride(cfg),
+            view_align=_view_alignment(cfg),
         )
         return ret
 
@@ -137,12 +138,15 @@ def _to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
-def _mask_feature_stride(cfg) -> int:
-    """Stride of CondInst's mask feature F: that of the first mask-branch input, an FPN level
-    named "p<k>" with stride 2**k."""
-    name = cfg.MODEL.CONDINST.MASK_BRANCH.IN_FEATURES[0]
-    match = re.fullmatch(r"p(\d+)", name)
-    if match is None:
-        raise ValueError(f"Cannot tell the stride of MODEL.CONDINST.MASK_BRANCH.IN_FEATURES[0] "
-                         f"{name!r}; the view alignment expects an FPN level 'p<k>'")
-    return 2 ** int(match.group(1))
+def _view_alignment(cfg) -> int:
+    """The coarsest stride among the FPN levels fused into F (MASK_BRANCH.IN_FEATURES, levels
+    "p<k>" of stride 2**k): crops aligned to it shift every level feeding F by whole cells, so
+    that F of the view is F of the original, shifted."""
+    strides = []
+    for name in cfg.MODEL.CONDINST.MASK_BRANCH.IN_FEATURES:
+        match = re.fullmatch(r"p(\d+)", name)
+        if match is None:
+            raise ValueError(f"Cannot tell the stride of MODEL.CONDINST.MASK_BRANCH.IN_FEATURES "
+                             f"entry {name!r}; the view alignment expects FPN levels 'p<k>'")
+        strides.append(2 ** int(match.group(1)))
+    return max(strides)

@@ -23,21 +23,23 @@ def sample_view_transforms(
     detectron2's augmentations do, so that detectron2's per-worker seeding makes it reproducible.
 
     g = crop, then a horizontal flip with probability ``flip_prob``, then a resize by a factor
-    drawn uniformly from ``scales`` (none when the factor is 1). The crop's offset and size are
-    multiples of ``align`` (the stride of the feature map to be warped), so that without rescale
-    the feature cells of the view are cells of the original: each side is at most the side
-    trimmed to a multiple of ``align`` and, relative to it, drawn uniformly in ``crop_size``.
+    drawn uniformly from ``scales`` (none when the factor is 1). Without rescale, the feature
+    cells of the view are cells of the original (cells are centred on pixels ``align * k``, see
+    ``iuq_d2.layers.warp``): the crop's offset is a multiple of ``align``, so it shifts cells by
+    whole cells, and its sides are ``align * m + 1`` pixels, so that a flip maps the centre pixel
+    ``align * k`` of a cell onto the centre pixel ``align * (m - k)`` of another. Each side,
+    relative to the largest such side, is drawn uniformly in ``crop_size``.
     """
     h, w = image_size
-    trimmed_h, trimmed_w = h // align * align, w // align * align
-    if trimmed_h == 0 or trimmed_w == 0:
+    cells_h, cells_w = (h - 1) // align, (w - 1) // align
+    if cells_h == 0 or cells_w == 0:
         raise ValueError(f"Cannot crop a view aligned to {align} from an image of size "
                          f"{tuple(image_size)}")
     rel_h, rel_w = np.random.uniform(crop_size[0], crop_size[1], size=2)
-    crop_h = int(np.clip(round(rel_h * trimmed_h / align), 1, trimmed_h // align)) * align
-    crop_w = int(np.clip(round(rel_w * trimmed_w / align), 1, trimmed_w // align)) * align
-    y0 = np.random.randint((trimmed_h - crop_h) // align + 1) * align
-    x0 = np.random.randint((trimmed_w - crop_w) // align + 1) * align
+    crop_h = int(np.clip(round(rel_h * cells_h), 1, cells_h)) * align + 1
+    crop_w = int(np.clip(round(rel_w * cells_w), 1, cells_w)) * align + 1
+    y0 = np.random.randint((h - crop_h) // align + 1) * align
+    x0 = np.random.randint((w - crop_w) // align + 1) * align
     transforms = [T.CropTransform(x0, y0, crop_w, crop_h, orig_w=w, orig_h=h)]
     if np.random.rand() < flip_prob:
         transforms.append(T.HFlipTransform(crop_w))

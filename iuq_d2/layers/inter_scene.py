@@ -51,21 +51,21 @@ def inter_scene_focal_loss(
         the loss (0 with the graph kept when no pair is valid) and statistics without gradient.
     """
     weights, biases = parse_dynamic_params(params, layer_shapes)
-    feats = pixel_feats.to(params.dtype)
-    w0 = weights[0]
+    num_queries, hidden = weights[0].shape[:2]
+    dtype = params.dtype
+    w0, b0, inputs = weights[0], biases[0], pixel_feats.to(dtype)
     if use_rel_coords:
-        # The first layer is linear in [rel_x, rel_y, feats]; splitting its weight avoids
-        # materialising the [Q, N, 2] coordinates: W_c (a_q - a_n) / s_q = W_c a_q / s_q - (W_c / s_q) a_n.
-        w_coord = w0[:, :, :2] / query_soi.to(params.dtype)[:, None, None]
-        w0 = w0[:, :, 2:]
-        x = torch.einsum("qoc,nc->qon", w0, feats)
-        x = x + torch.einsum("qoc,qc->qo", w_coord, query_anchors.to(params.dtype))[:, :, None]
-        x = x - torch.einsum("qoc,nc->qon", w_coord, pixel_anchors.to(params.dtype))
-    else:
-        x = torch.einsum("qoc,nc->qon", w0, feats)
-    x = x + biases[0][:, :, None]
+        # The first layer is linear in [rel, feats] with rel = (a_q - a_n) / s_q, so
+        # W_c rel = W_c a_q / s_q - (W_c / s_q) a_n: the query part folds into the bias and the
+        # pixel part into one shared input matrix, making the layer a single GEMM over all pairs.
+        w_coord = w0[:, :, :2] / query_soi.to(dtype)[:, None, None]
+        b0 = b0 + torch.bmm(w_coord, query_anchors.to(dtype)[:, :, None]).squeeze(2)
+        w0 = torch.cat([-w_coord, w0[:, :, 2:]], dim=2)
+        inputs = torch.cat([pixel_anchors.to(dtype), inputs], dim=1)
+    x = torch.addmm(b0.reshape(-1, 1), w0.reshape(num_queries * hidden, w0.shape[2]), inputs.t())
+    x = x.view(num_queries, hidden, inputs.shape[0])
     for w, b in zip(weights[1:], biases[1:]):
-        x = torch.baddbmm(b[:, :, None], w, F.relu(x))
+        x = torch.bmm(w, F.relu(x)).add_(b[:, :, None])
     logits = x[:, 0, :].float()  # [Q, N]
 
     valid = query_images[:, None] != pixel_images[None, :]

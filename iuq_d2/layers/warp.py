@@ -1,10 +1,14 @@
 """Warping a feature map of the original images into their views: g(F(I)) for the equivariance
 losses of IUQ.
 
-Cells follow ``compute_locations``: cell (i, j) of a stride-s map sits at pixel (s*j + s//2,
-s*i + s//2) in continuous coordinates. A view g is an axis-aligned affine map of those
-coordinates, so the warp is separable: each view row reads source rows, each view column
-reads source columns, independently.
+Where a cell sits is a property of the network, not a convention: in a CNN whose strided
+convolutions and poolings have centred kernels ("same" padding, as in detectron2's ResNets),
+cell (i, j) of a stride-s map is the response centred on pixel (s*j, s*i), i.e. on the
+continuous point (s*j + 0.5, s*i + 0.5). (FCOS's ``compute_locations`` places cells at
+s*j + s//2; that is a convention for regression targets, which absorb a constant offset, but
+warping with it would put a flipped view's features 7 pixels off at stride 8.) A view g is an
+axis-aligned affine map of continuous coordinates, so the warp is separable: each view row reads
+source rows, each view column reads source columns, independently.
 """
 import math
 from typing import List, Optional, Sequence, Tuple, Union
@@ -28,8 +32,8 @@ def _as_size_list(sizes: Sizes, batch: int, name: str) -> List[Tuple[int, int]]:
 
 
 def _num_cells_inside(size: int, stride: int, cells: int) -> int:
-    """Number of leading cells whose centre lies inside an image side of ``size`` pixels."""
-    return min(max(math.ceil((size - stride // 2) / stride), 0), cells)
+    """Number of leading cells whose centre pixel (stride * k) lies inside a side of ``size``."""
+    return min(max(math.ceil(size / stride), 0), cells)
 
 
 def _axis_sampling(
@@ -38,7 +42,7 @@ def _axis_sampling(
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
     """Along one axis: for each of ``num_dst`` view cells the source cells to read (i0, i1), the
     weight of i1 (None when the mapping is exact indexing), and whether the view cell is valid."""
-    half = stride // 2
+    half = 0.5  # the centre of pixel stride * k in continuous coordinates
     # View cell k sits at p = stride*k + half; its source point is (p - shift) / scale, i.e.
     # the fractional source cell slope * k + offset.
     slope = 1.0 / scale
