@@ -24,10 +24,21 @@ VARIANTS = {
     "CondInst": ["MODEL.META_ARCHITECTURE", "CondInst"],
     "+bank": IUQ + ["MODEL.IUQ.EQUI.ENABLED", "False"],
     "+equivariance": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False"],
-    "+equivariance (query term only)": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False",
-                                              "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", "0.0"],
     "+bank +equivariance": IUQ,
+    # Diagnostics: the other placement of bank pixels; the paired views without their losses
+    # (what halving the distinct images per step costs); a lighter query-equivariance weight.
+    "+bank (overlay)": IUQ + ["MODEL.IUQ.EQUI.ENABLED", "False", "MODEL.IUQ.INTER.COORDS", "overlay"],
+    "views only": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", "0.0",
+                         "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", "0.0"],
+    "+equivariance (query 1, feat 0)": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False",
+                                              "MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", "1.0",
+                                              "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", "0.0"],
+    # The views on top of IMS_PER_BATCH originals: as many distinct images as CondInst sees,
+    # at twice the cost per step.
+    "+equivariance (extra)": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "extra"],
+    "+bank (weight 0.25)": IUQ + ["MODEL.IUQ.EQUI.ENABLED", "False", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
 }
+CORE = ["CondInst", "+bank", "+equivariance", "+bank +equivariance"]
 
 
 def final_metrics(output_dir: str):
@@ -40,7 +51,7 @@ def final_metrics(output_dir: str):
 
 
 def run(variant: str, seed: int, root: str, opts) -> dict:
-    slug = variant.replace(" ", "").replace("+", "_").replace("(", "").replace(")", "")
+    slug = "".join(c if c.isalnum() else "_" for c in variant).strip("_")
     output_dir = os.path.join(root, f"{slug}_seed{seed}")
     if final_metrics(output_dir) is None:
         cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG,
@@ -56,7 +67,7 @@ def run(variant: str, seed: int, root: str, opts) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=CORE, choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--root", default=os.path.join(REPO, "output", "ablation"))
