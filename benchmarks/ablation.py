@@ -25,9 +25,12 @@ VARIANTS = {
     "+bank": IUQ + ["MODEL.IUQ.EQUI.ENABLED", "False"],
     "+equivariance": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False"],
     "+bank +equivariance": IUQ,
-    # Diagnostics: the other placement of bank pixels; the paired views without their losses
-    # (what halving the distinct images per step costs); a lighter query-equivariance weight.
-    "+bank (overlay)": IUQ + ["MODEL.IUQ.EQUI.ENABLED", "False", "MODEL.IUQ.INTER.COORDS", "overlay"],
+    # Diagnostics: the other placement of bank pixels (alone, with equivariance, at a lower
+    # weight); the paired views without their losses (what halving the distinct images per step
+    # costs); a lighter query-equivariance weight.
+    "+bank (instance_centered)": IUQ + ["MODEL.IUQ.EQUI.ENABLED", "False",
+                                        "MODEL.IUQ.INTER.COORDS", "instance_centered"],
+    "+bank +equivariance (instance_centered)": IUQ + ["MODEL.IUQ.INTER.COORDS", "instance_centered"],
     "views only": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", "0.0",
                          "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", "0.0"],
     "+equivariance (query 1, feat 0)": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False",
@@ -36,7 +39,9 @@ VARIANTS = {
     # The views on top of IMS_PER_BATCH originals: as many distinct images as CondInst sees,
     # at twice the cost per step.
     "+equivariance (extra)": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "extra"],
-    "+bank (weight 0.25)": IUQ + ["MODEL.IUQ.EQUI.ENABLED", "False", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
+    "+bank (instance_centered, weight 0.25)": IUQ + [
+        "MODEL.IUQ.EQUI.ENABLED", "False", "MODEL.IUQ.INTER.COORDS", "instance_centered",
+        "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
 }
 CORE = ["CondInst", "+bank", "+equivariance", "+bank +equivariance"]
 

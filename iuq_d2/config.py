@@ -130,10 +130,11 @@ def add_iuq_config(cfg: CN) -> None:
     # Focal loss parameters (the target is always 0: a negative pair).
     _C.MODEL.IUQ.INTER.FOCAL_ALPHA = 0.25
     _C.MODEL.IUQ.INTER.FOCAL_GAMMA = 2.0
-    # Relative coordinates fed with a bank pixel: "instance_centered" places the query at the
-    # centre of the pixel's instance (hard negatives); "overlay" uses the pixel's own position in
-    # its image relative to the query's location.
-    _C.MODEL.IUQ.INTER.COORDS = "instance_centered"
+    # Relative coordinates fed with a bank pixel: "overlay" uses the pixel's own position in its
+    # image relative to the query's location; "instance_centered" places the query at the centre
+    # of the pixel's instance (hard negatives), which cost ~10 mask AP in the shapes ablation
+    # (benchmarks/results/ablation_shapes_cpu.json), hence not the default.
+    _C.MODEL.IUQ.INTER.COORDS = "overlay"
     # Entries the bank holds (first in, first out), identical on every GPU.
     _C.MODEL.IUQ.INTER.BANK_SIZE = 100000
     # Pixels sampled per ground-truth instance at each enqueue (with replacement when the
