@@ -39,6 +39,11 @@ VARIANTS = {
     # The views on top of IMS_PER_BATCH originals: as many distinct images as CondInst sees,
     # at twice the cost per step.
     "+equivariance (extra)": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "extra"],
+    "views only (extra)": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "extra",
+                                 "MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", "0.0",
+                                 "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", "0.0"],
+    # What "paired" does to the originals: CondInst with as many dataset images per step.
+    "CondInst (IMS_PER_BATCH 2)": ["MODEL.META_ARCHITECTURE", "CondInst", "SOLVER.IMS_PER_BATCH", "2"],
     "+bank (instance_centered, weight 0.25)": IUQ + [
         "MODEL.IUQ.EQUI.ENABLED", "False", "MODEL.IUQ.INTER.COORDS", "instance_centered",
         "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
