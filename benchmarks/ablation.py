@@ -6,8 +6,8 @@ trained with the same schedule and seeds, evaluated on shapes_val.
 
 Runs are independent train_net.py processes (--jobs at a time; with 2 jobs on 2 cores each run
 gets one core). A run whose OUTPUT_DIR already holds its final metrics is not repeated, so an
-interrupted ablation continues where it stopped. Prints mean and sample standard deviation of
-segm and bbox AP per variant and writes JSON.
+interrupted ablation continues where it stopped. Prints a markdown table of the mean and sample
+standard deviation of segm and bbox AP per variant, and the AP of each seed, and writes JSON.
 """
 import argparse
 import json
@@ -42,6 +42,12 @@ VARIANTS = {
     "views only (extra)": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "extra",
                                  "MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", "0.0",
                                  "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", "0.0"],
+    "+equivariance (extra, query 1, feat 0)": IUQ + [
+        "MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "extra",
+        "MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", "1.0", "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", "0.0"],
+    "+equivariance (extra, query 0, feat 1)": IUQ + [
+        "MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "extra",
+        "MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", "0.0", "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", "1.0"],
     # What "paired" does to the originals: CondInst with as many dataset images per step.
     "CondInst (IMS_PER_BATCH 2)": ["MODEL.META_ARCHITECTURE", "CondInst", "SOLVER.IMS_PER_BATCH", "2"],
     "+bank (instance_centered, weight 0.25)": IUQ + [
@@ -91,7 +97,8 @@ def main() -> None:
         rows = list(pool.map(lambda t: run(t[0], t[1], args.root, args.opts), tasks))
 
     summary = {}
-    print(f"{'variant':<34} {'segm AP':>16} {'bbox AP':>16}  per seed (segm)")
+    print("| variant | segm AP | bbox AP | segm AP per seed | bbox AP per seed |")
+    print("|---|---|---|---|---|")
     for variant in args.variants:
         mine = [r for r in rows if r["variant"] == variant]
         stats = {}
@@ -100,9 +107,9 @@ def main() -> None:
             stats[key] = {"mean": statistics.mean(values),
                           "std": statistics.stdev(values) if len(values) > 1 else 0.0}
         summary[variant] = stats
-        per_seed = " ".join(f"{r['segm_AP']:.1f}" for r in mine)
-        print(f"{variant:<34} {stats['segm_AP']['mean']:>8.2f} ± {stats['segm_AP']['std']:<5.2f}"
-              f" {stats['bbox_AP']['mean']:>8.2f} ± {stats['bbox_AP']['std']:<5.2f}  {per_seed}")
+        cells = [f"{stats[k]['mean']:.1f} ± {stats[k]['std']:.1f}" for k in ("segm_AP", "bbox_AP")]
+        cells += [" / ".join(f"{r[k]:.1f}" for r in mine) for k in ("segm_AP", "bbox_AP")]
+        print(f"| {variant} | " + " | ".join(cells) + " |")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

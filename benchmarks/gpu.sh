@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU evidence of the IUQ issues in one run of a few minutes: step time and peak memory of
+# the IUQ variants against CondInst at equal IMS_PER_BATCH (R50-FPN from scratch, COCO-like
+# 800-pixel images of the embedded synthetic dataset, AMP), and the inter-scene loss's own cost
+# against queries x bank entries. JSON files named after the card go to OUT_DIR.
+#
+#     bash benchmarks/gpu.sh [OUT_DIR]        # default benchmarks/results
+#
+# Needs an environment with a CUDA build of torch and iuq_d2 installed (PY, default .venv/bin/python).
+# DEVICE=cpu MIN_SIZE=160 ITERS=2 REPEATS=1 runs the same on a CPU, as a smoke test of the script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-benchmarks/results}
+PY=${PY:-.venv/bin/python}
+DEVICE=${DEVICE:-cuda}
+MIN_SIZE=${MIN_SIZE:-800}
+ITERS=${ITERS:-8}
+REPEATS=${REPEATS:-2}
+mkdir -p "$OUT"
+
+if [ "$DEVICE" = cuda ]; then
+    CARD=$($PY -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '_'))")
+    AMP=--amp
+else
+    CARD=cpu
+    AMP=
+fi
+
+$PY benchmarks/train_speed.py --config-file configs/IUQ-CondInst/MS_R_50_1x.yaml \
+    --device "$DEVICE" $AMP --variants condinst bank equi_paired equi_extra full \
+    --iters "$ITERS" --repeats "$REPEATS" --out "$OUT/train_speed_R50_${CARD}.json" \
+    MODEL.WEIGHTS "" MODEL.FCOS.NUM_CLASSES 4 DATASETS.TRAIN "('shapes_train',)" \
+    SOLVER.IMS_PER_BATCH 8 INPUT.MIN_SIZE_TRAIN "($MIN_SIZE,)" INPUT.MAX_SIZE_TRAIN 1333
+
+$PY benchmarks/inter_scene_loss.py --device "$DEVICE" --queries 100 500 1000 \
+    --entries 4096 8192 16384 --out "$OUT/inter_scene_loss_${CARD}.json"
