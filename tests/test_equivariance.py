@@ -12,7 +12,8 @@ from .conftest import make_input, tiny_config
 
 def equi_config(**overrides):
     return tiny_config(**{"MODEL.META_ARCHITECTURE": "IUQCondInst", "MODEL.IUQ.INTER.ENABLED": False,
-                          "MODEL.CONDINST.MAX_PROPOSALS": -1, **overrides})
+                          "MODEL.CONDINST.MAX_PROPOSALS": -1, "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT": 1.0,
+                          **overrides})
 
 
 def _with_identity_views(batch):
