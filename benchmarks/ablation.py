@@ -20,39 +20,40 @@ from concurrent.futures import ThreadPoolExecutor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "Demo", "shapes_CondInst.yaml")
 IUQ = ["MODEL.META_ARCHITECTURE", "IUQCondInst"]
+NO_BANK = ["MODEL.IUQ.INTER.ENABLED", "False"]
+NO_EQUI = ["MODEL.IUQ.EQUI.ENABLED", "False"]
+EXTRA = ["MODEL.IUQ.EQUI.MODE", "extra"]
+INSTANCE_CENTERED = ["MODEL.IUQ.INTER.COORDS", "instance_centered"]
+
+
+def equi_weights(query: float, feat: float):
+    """Equivariance loss weights, pinned so that a variant keeps meaning what it was run with
+    when the defaults change (the recorded equivariance runs used query 3, feat 1)."""
+    return ["MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", str(query), "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", str(feat)]
+
+
 VARIANTS = {
     "CondInst": ["MODEL.META_ARCHITECTURE", "CondInst"],
-    "+bank": IUQ + ["MODEL.IUQ.EQUI.ENABLED", "False"],
-    "+equivariance": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False"],
-    "+bank +equivariance": IUQ,
-    # Diagnostics: the other placement of bank pixels (alone, with equivariance, at a lower
-    # weight); the paired views without their losses (what halving the distinct images per step
-    # costs); a lighter query-equivariance weight.
-    "+bank (instance_centered)": IUQ + ["MODEL.IUQ.EQUI.ENABLED", "False",
-                                        "MODEL.IUQ.INTER.COORDS", "instance_centered"],
-    "+bank +equivariance (instance_centered)": IUQ + ["MODEL.IUQ.INTER.COORDS", "instance_centered"],
-    "views only": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", "0.0",
-                         "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", "0.0"],
-    "+equivariance (query 1, feat 0)": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False",
-                                              "MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", "1.0",
-                                              "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", "0.0"],
+    "+bank": IUQ + NO_EQUI,
+    "+equivariance": IUQ + NO_BANK + equi_weights(3.0, 1.0),
+    "+bank +equivariance": IUQ + equi_weights(3.0, 1.0),
+    # Diagnostics: the other placement of bank pixels (alone, at a lower weight, with
+    # equivariance); the paired views without their losses (what halving the distinct images per
+    # step costs) and with a lighter query term only.
+    "+bank (instance_centered)": IUQ + NO_EQUI + INSTANCE_CENTERED,
+    "+bank (instance_centered, weight 0.25)": IUQ + NO_EQUI + INSTANCE_CENTERED
+    + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
+    "+bank +equivariance (instance_centered)": IUQ + INSTANCE_CENTERED + equi_weights(3.0, 1.0),
+    "views only": IUQ + NO_BANK + equi_weights(0.0, 0.0),
+    "+equivariance (query 1, feat 0)": IUQ + NO_BANK + equi_weights(1.0, 0.0),
     # The views on top of IMS_PER_BATCH originals: as many distinct images as CondInst sees,
-    # at twice the cost per step.
-    "+equivariance (extra)": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "extra"],
-    "views only (extra)": IUQ + ["MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "extra",
-                                 "MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", "0.0",
-                                 "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", "0.0"],
-    "+equivariance (extra, query 1, feat 0)": IUQ + [
-        "MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "extra",
-        "MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", "1.0", "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", "0.0"],
-    "+equivariance (extra, query 0, feat 1)": IUQ + [
-        "MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "extra",
-        "MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", "0.0", "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", "1.0"],
+    # at twice the cost per step; each loss term alone.
+    "+equivariance (extra)": IUQ + NO_BANK + EXTRA + equi_weights(3.0, 1.0),
+    "views only (extra)": IUQ + NO_BANK + EXTRA + equi_weights(0.0, 0.0),
+    "+equivariance (extra, query 1, feat 0)": IUQ + NO_BANK + EXTRA + equi_weights(1.0, 0.0),
+    "+equivariance (extra, query 0, feat 1)": IUQ + NO_BANK + EXTRA + equi_weights(0.0, 1.0),
     # What "paired" does to the originals: CondInst with as many dataset images per step.
     "CondInst (IMS_PER_BATCH 2)": ["MODEL.META_ARCHITECTURE", "CondInst", "SOLVER.IMS_PER_BATCH", "2"],
-    "+bank (instance_centered, weight 0.25)": IUQ + [
-        "MODEL.IUQ.EQUI.ENABLED", "False", "MODEL.IUQ.INTER.COORDS", "instance_centered",
-        "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
 }
 CORE = ["CondInst", "+bank", "+equivariance", "+bank +equivariance"]
 
