@@ -25,6 +25,26 @@ class CondInstTrainOutputs:
     queries: Instances  # the positives that trained the mask head (see CondInst.sample_queries)
 
 
+def topk_per_instance(positives: Instances, num_images: int, k: int) -> Instances:
+    """Per image, its k best positives (classification times centerness) shared evenly among
+    the instances that have a positive, at least one each, as AdelaiDet's
+    TOPK_PROPOSALS_PER_IM: an instance too small to get a positive takes no share."""
+    scores = positives.logits_pred.sigmoid().max(dim=1).values * positives.ctrness_pred.sigmoid()
+    keep = []
+    for image in range(num_images):
+        in_image = torch.nonzero(positives.im_inds == image).squeeze(1)
+        if len(in_image) == 0:
+            continue
+        with_positives = positives.gt_inds[in_image].unique()
+        per_gt = max(k // len(with_positives), 1)
+        for gt in with_positives:
+            of_gt = in_image[positives.gt_inds[in_image] == gt]
+            keep.append(of_gt[scores[of_gt].topk(min(per_gt, len(of_gt))).indices])
+    if not keep:
+        return positives[positives.im_inds < 0]
+    return positives[torch.cat(keep)]
+
+
 @META_ARCH_REGISTRY.register()
 class CondInst(nn.Module):
     """Backbone + FCOS + controller + mask branch + dynamic mask head.
@@ -159,20 +179,7 @@ class CondInst(nn.Module):
             return positives
         if self.topk_proposals_per_im == -1:
             return positives
-        scores = positives.logits_pred.sigmoid().max(dim=1).values * positives.ctrness_pred.sigmoid()
-        keep = []
-        for image, inst in enumerate(gt_instances):
-            in_image = torch.nonzero(positives.im_inds == image).squeeze(1)
-            if len(inst) == 0 or len(in_image) == 0:
-                continue
-            per_gt = max(self.topk_proposals_per_im // len(inst), 1)
-            for gt in positives.gt_inds[in_image].unique():
-                of_gt = in_image[positives.gt_inds[in_image] == gt]
-                top = scores[of_gt].topk(min(per_gt, len(of_gt))).indices
-                keep.append(of_gt[top])
-        if not keep:
-            return positives[positives.im_inds < 0]
-        return positives[torch.cat(keep)]
+        return topk_per_instance(positives, len(gt_instances), self.topk_proposals_per_im)
 
     def mask_loss(self, mask_feats: Tensor, queries: Instances, gt_instances: List[Instances],
                   valid: Optional[Tensor] = None) -> Tensor:

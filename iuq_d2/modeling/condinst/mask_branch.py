@@ -1,7 +1,7 @@
 """CondInst's mask branch: fuses P3-P5 into the stride-8 mask feature F that every dynamic mask
 head reads, with an optional auxiliary semantic loss on P3."""
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -104,24 +104,9 @@ class MaskBranch(nn.Module):
         return mask_feats, losses
 
     def semantic_loss(self, logits: Tensor, gt_instances: List[Instances]) -> Tensor:
-        """Focal loss of per-pixel classes at the branch's stride; where instances overlap the
-        smallest one names the pixel."""
-        targets = []
-        h, w = logits.shape[-2:]
-        start = self.out_stride // 2
-        for inst in gt_instances:
-            masks = inst.gt_bitmasks_full[:, start :: self.out_stride, start :: self.out_stride]
-            masks = masks[:, :h, :w].bool()
-            areas = masks.flatten(1).sum(dim=1).float()
-            covering = torch.where(masks, areas[:, None, None], torch.full_like(areas, float("inf"))[:, None, None])
-            if len(inst) > 0:
-                smallest_area, smallest = covering.min(dim=0)
-                target = inst.gt_classes[smallest]
-                target[torch.isinf(smallest_area)] = self.num_classes
-            else:
-                target = torch.full((h, w), self.num_classes, dtype=torch.long, device=logits.device)
-            targets.append(target)
-        targets = torch.stack(targets)
+        """Focal loss of per-pixel classes at the branch's stride, normalised by the number of
+        foreground pixels of this process's batch."""
+        targets = torch.stack([self.semantic_targets(inst, logits.shape[-2:]) for inst in gt_instances])
         one_hot = torch.zeros_like(logits, dtype=torch.float32)
         fg = targets != self.num_classes
         one_hot.permute(0, 2, 3, 1)[fg, targets[fg]] = 1.0
@@ -129,3 +114,21 @@ class MaskBranch(nn.Module):
         loss = sigmoid_focal_loss_jit(logits.float(), one_hot, alpha=self.focal_alpha,
                                       gamma=self.focal_gamma, reduction="sum")
         return loss / num_pos
+
+    def semantic_targets(self, instances: Instances, size: Tuple[int, int]) -> Tensor:
+        """Class index ([H, W], ``num_classes`` for background) at the centres of the branch's
+        cells. Where instances overlap, the one with the smallest full-resolution mask area
+        names the cell, as in AdelaiDet; the count of sampled cells, a cheaper proxy, can order
+        two near-equal instances the other way."""
+        h, w = size
+        start = self.out_stride // 2
+        full = instances.gt_bitmasks_full
+        if len(instances) == 0:
+            return torch.full((h, w), self.num_classes, dtype=torch.long, device=full.device)
+        areas = full.flatten(1).sum(dim=1, dtype=torch.int64).float()
+        cells = full[:, start :: self.out_stride, start :: self.out_stride][:, :h, :w].bool()
+        covering = torch.where(cells, areas[:, None, None], torch.tensor(float("inf"), device=full.device))
+        smallest_area, smallest = covering.min(dim=0)
+        target = instances.gt_classes[smallest]
+        target[torch.isinf(smallest_area)] = self.num_classes
+        return target

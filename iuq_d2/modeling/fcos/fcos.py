@@ -22,6 +22,16 @@ def _flatten(maps: List[Tensor]) -> Tensor:
     return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], dim=1)
 
 
+def keep_top_scoring(detections: Instances, k: int) -> Instances:
+    """The k best-scored detections and every one tied with the k-th, as AdelaiDet keeps them
+    after NMS (a cut at the k-th score, not a slice); k <= 0 keeps all."""
+    n = len(detections)
+    if not 0 < k < n:
+        return detections
+    kth_best = detections.scores.kthvalue(n - k + 1).values
+    return detections[detections.scores >= kth_best]
+
+
 @PROPOSAL_GENERATOR_REGISTRY.register()
 class FCOS(nn.Module):
     """In training, returns the FCOS losses and the positive locations (with the controller's
@@ -173,7 +183,7 @@ class FCOS(nn.Module):
         for image_results in zip(*per_level):
             merged = Instances.cat(list(image_results))
             keep = batched_nms(merged.pred_boxes.tensor, merged.scores, merged.pred_classes, self.nms_thresh)
-            results.append(merged[keep[: self.post_nms_topk]])
+            results.append(keep_top_scoring(merged[keep], self.post_nms_topk))
         return results
 
     def _predict_level(self, level, logits, bbox_reg, ctrness, top_feats, locations, image_sizes):

@@ -1,6 +1,6 @@
 """FCOS target assignment: which ground-truth box, if any, each feature location regresses."""
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 from detectron2.structures import Instances
@@ -40,7 +40,7 @@ def assign_targets(
     """Assign every location of every image to at most one ground-truth box.
 
     A location is a candidate for a box if it lies inside it (or, with center sampling, inside
-    the box's central region of ``pos_radius`` strides, clipped to the box) and if the largest of
+    the square of ``pos_radius`` strides around :func:`sampling_centers`, clipped to the box) and if the largest of
     its four distances to the box sides falls in the size range of the location's level. Among
     candidates the box of smallest area wins.
 
@@ -49,7 +49,8 @@ def assign_targets(
         level_of_location: [L] level index of each location.
         strides: stride of each level.
         sizes_of_interest: upper size bound of each level but the last.
-        gt_instances: per image, with ``gt_boxes`` and ``gt_classes``.
+        gt_instances: per image, with ``gt_boxes`` and ``gt_classes`` (and ``gt_bitmasks_full``
+            when center sampling should use mask centroids).
     """
     device = locations.device
     stride_of_location = torch.as_tensor(strides, dtype=torch.float32, device=device)[level_of_location]
@@ -72,7 +73,8 @@ def assign_targets(
         reg = torch.stack([xs - x0, ys - y0, x1 - xs, y1 - ys], dim=2)  # [L, G, 4]
         if center_sample:
             radius = stride_of_location[:, None] * pos_radius
-            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            cx, cy = sampling_centers(instances)
+            cx, cy = cx.to(device)[None], cy.to(device)[None]
             cx0, cy0 = torch.max(cx - radius, x0), torch.max(cy - radius, y0)
             cx1, cy1 = torch.min(cx + radius, x1), torch.min(cy + radius, y1)
             center_dist = torch.stack([xs - cx0, ys - cy0, cx1 - xs, cy1 - ys], dim=2)
@@ -97,6 +99,33 @@ def assign_targets(
         num_gts_before += num_gts
 
     return FCOSTargets(torch.cat(labels), torch.cat(reg_targets), torch.cat(gt_inds))
+
+
+def sampling_centers(instances: Instances) -> Tuple[Tensor, Tensor]:
+    """The (x, y) that centre sampling draws its region around, each [G].
+
+    With masks (``gt_bitmasks_full``, as CondInst adds them) it is the mask centroid, the first
+    image moments in pixel-index coordinates, as in AdelaiDet's CondInst: for an L-shaped or
+    triangular object it lies on the object where the box centre may not. Boxes only (plain
+    FCOS) or an empty mask: the box centre. AdelaiDet gives an empty mask the centroid (0, 0)
+    instead, which moves its positive region to the image corner; we do not copy that.
+    """
+    boxes = instances.gt_boxes.tensor
+    box_cx, box_cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    if not instances.has("gt_bitmasks_full"):
+        return box_cx, box_cy
+    masks = instances.gt_bitmasks_full
+    # Integer moments from row and column sums: exact, and no [G, H, W] float temporary.
+    cols = masks.sum(dim=1, dtype=torch.int64)  # [G, W]
+    rows = masks.sum(dim=2, dtype=torch.int64)  # [G, H]
+    area = cols.sum(dim=1)
+    xs = torch.arange(cols.shape[1], device=masks.device)
+    ys = torch.arange(rows.shape[1], device=masks.device)
+    safe_area = area.clamp(min=1).double()
+    cx = ((cols * xs).sum(dim=1).double() / safe_area).float().to(boxes.device)
+    cy = ((rows * ys).sum(dim=1).double() / safe_area).float().to(boxes.device)
+    empty = (area == 0).to(boxes.device)
+    return torch.where(empty, box_cx, cx), torch.where(empty, box_cy, cy)
 
 
 def centerness_targets(reg_targets: Tensor) -> Tensor:
