@@ -112,6 +112,10 @@ def add_condinst_config(cfg: CN) -> None:
     # COCO-format datasets to register at set-up, each [name, json_file, image_root]; their
     # names can then be used in DATASETS.TRAIN / DATASETS.TEST.
     _C.DATASETS.CUSTOM_COCO = []
+    # Training dataset mapper (iuq_d2.data.DATASET_MAPPERS): "condinst" (CondInstDatasetMapper)
+    # or "iuq" (IUQDatasetMapper, which adds the paired equivariance view of every image, as
+    # IUQCondInst with MODEL.IUQ.EQUI.ENABLED needs). Test loaders always use "condinst".
+    _C.INPUT.DATASET_MAPPER_NAME = "condinst"
 
 
 def add_iuq_config(cfg: CN) -> None:
@@ -143,6 +147,24 @@ def add_iuq_config(cfg: CN) -> None:
     # Bank entries sampled per iteration as negatives, on top of the entries the current global
     # batch produced.
     _C.MODEL.IUQ.INTER.NUM_NEGATIVES = 4096
+    # Bank entries written more than this many iterations ago are not sampled (-1: any age).
+    # An age in iterations means the same staleness of the representation whatever the dataset
+    # size or the entries per iteration, where a bank size would not.
+    _C.MODEL.IUQ.INTER.MAX_AGE_ITERS = -1
+    # At most this many of the current global batch's instance pixels are evaluated as
+    # negatives per step (a random subset; all of them still enter the bank), so that crowded
+    # images do not multiply the cost. -1: all.
+    _C.MODEL.IUQ.INTER.MAX_BATCH_ENTRIES = -1
+    # Keep this process's in-batch instance pixels attached to the mask branch, so that the
+    # representation is also trained to separate instances of different images (the bank and
+    # other processes' pixels are constants).
+    _C.MODEL.IUQ.INTER.BATCH_ENTRY_GRAD = False
+    # "pairs": mean over all valid (query, pixel) pairs; "query_image": per query the mean over
+    # each other image's pixels, averaged over those images, then over queries (the paper's).
+    _C.MODEL.IUQ.INTER.NORMALIZATION = "pairs"
+    # Implementation of the loss (iuq_d2.layers.inter_scene): "auto" (the Triton kernel on CUDA,
+    # the tiled path elsewhere), "triton", "tiled" or "reference" (the plain PyTorch one).
+    _C.MODEL.IUQ.INTER.IMPL = "auto"
 
     # Equivariance: every training image I gets a view g(I) (aligned crop, optional horizontal
     # flip, rescale), made in the dataset mapper before padding so that g is known exactly.

@@ -31,7 +31,7 @@ def _worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
         for _ in range(ITERATIONS):
             losses = model(batch)
             sum(losses.values()).backward()
-    bank = model.module.query_bank
+    bank = model.module.inter_scene.bank
     torch.save({name: buf.clone() for name, buf in bank.named_buffers()}, os.path.join(out_dir, f"{rank}.pth"))
     dist.barrier()
     dist.destroy_process_group()

@@ -7,6 +7,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 
+from iuq_d2.modeling.iuq.equivariance import view_inputs
+
 from .conftest import make_input, tiny_config
 
 
@@ -32,7 +34,7 @@ def _batch():
 
 
 def _train_parts(model, batch):
-    inputs = batch + model.view_inputs(batch)
+    inputs = batch + view_inputs(batch)
     images = model.preprocess_image(inputs)
     gt = model.prepare_targets(inputs, images)
     return images, gt, model.forward_train(images, gt)
@@ -43,7 +45,7 @@ def test_identity_view_gives_the_intra_scene_dice_of_the_view_queries():
     model = build_model(equi_config(**{"MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT": 1.0}))
     batch = _batch()
     images, gt, outputs = _train_parts(model, batch)
-    losses = model.equivariance_losses(outputs, images, gt, batch)
+    losses = model.equivariance(outputs, images, gt, batch, model.mask_loss)
     n = len(batch)
     view_queries = outputs.queries[outputs.queries.im_inds >= n]
     assert len(view_queries) > 0
@@ -62,7 +64,7 @@ def test_gradients_reach_view_queries_and_original_representation():
     images, gt, outputs = _train_parts(model, batch)
     outputs.mask_feats.retain_grad()
     outputs.queries.mask_head_params.retain_grad()
-    losses = model.equivariance_losses(outputs, images, gt, batch)
+    losses = model.equivariance(outputs, images, gt, batch, model.mask_loss)
     losses["loss_equi_query"].backward(retain_graph=True)
     n = len(batch)
     feat_grad = outputs.mask_feats.grad
@@ -89,7 +91,7 @@ def test_representation_loss_sees_both_sides():
             p[0::2] = 96 - p[0::2]
     images, gt, outputs = _train_parts(model, batch)
     outputs.mask_feats.retain_grad()
-    losses = model.equivariance_losses(outputs, images, gt, batch)
+    losses = model.equivariance(outputs, images, gt, batch, model.mask_loss)
     assert losses["loss_equi_feat"].item() > 0
     losses["loss_equi_feat"].backward()
     grad = outputs.mask_feats.grad
@@ -114,7 +116,7 @@ def test_missing_view_is_a_clear_error():
     model = build_model(equi_config())
     batch = _batch()
     del batch[0]["view"]
-    with pytest.raises(KeyError, match="IUQDatasetMapper"):
+    with pytest.raises(KeyError, match="INPUT.DATASET_MAPPER_NAME"):
         model(batch)
 
 

@@ -11,7 +11,7 @@ from iuq_d2.engine import AtomicCheckpointer
 from iuq_d2.layers import dynamic_mlp, parse_dynamic_params
 from iuq_d2.layers.inter_scene import inter_scene_focal_loss
 from iuq_d2.modeling.iuq import BankEntries, QueryBank
-from iuq_d2.strip_checkpoint import main as strip_main
+from iuq_d2.strip_checkpoint import main as strip_main, strip_checkpoint
 
 from .conftest import make_input, tiny_config
 
@@ -64,7 +64,7 @@ def test_instance_balanced_sampling_counts_and_locations():
     batch = [make_input(96, 128, [[8, 8, 88, 72], [40, 80, 56, 88], [100, 10, 103, 13]], [0, 1, 2])]
     images, gt = _prepared(model, batch)
     feats = torch.randn(1, model.mask_branch.out_channels, 12, 16)
-    entries = model.collect_entries(feats, gt, torch.tensor([42]))
+    entries = model.inter_scene.collect(feats, gt, torch.tensor([42]))
     assert len(entries) == 3 * 7
     assert entries.classes.tolist() == [0] * 7 + [1] * 7 + [2] * 7
     assert (entries.image_ids == 42).all()
@@ -149,10 +149,10 @@ def test_relative_coordinates_of_the_two_modes(mode):
     # One instance in image 1: box centre (52, 60); its only covered cell centres are (44, 60), (52, 60).
     batch = [make_input(64, 64, [], [], seed=0), make_input(96, 128, [[40, 56, 58, 64]], [0], seed=1)]
     images, gt = _prepared(model, batch)
-    outputs = type("Out", (), {"mask_feats": torch.zeros(2, c, 12, 16), "queries": queries})
+    outputs = type("Out", (), {"mask_feats": torch.zeros(2, c, 12, 16)})
     with EventStorage():
-        loss = model.inter_scene_loss(outputs, gt, torch.tensor([0, 1]))
-    pixels = model.query_bank.positions[: model.query_bank.num_filled]
+        loss = model.inter_scene(outputs.mask_feats, queries, gt, torch.tensor([0, 1]), 0)["loss_inter"]
+    pixels = model.inter_scene.bank.positions[: model.inter_scene.bank.num_filled]
     if mode == "instance_centered":
         rel_x = (49.0 - pixels[:, 0]) / 128  # box centre x is (40 + 58) / 2 = 49
     else:
@@ -175,7 +175,7 @@ def test_training_step_fills_bank_and_logs():
     with EventStorage() as storage:
         losses = model(_two_image_batch())
         assert "loss_inter" in losses and torch.isfinite(losses["loss_inter"])
-        assert model.query_bank.num_filled == 3 * 6
+        assert model.inter_scene.bank.num_filled == 3 * 6
         latest = storage.latest()
         for key in ("iuq/bank_fill", "iuq/inter_frac_firing", "iuq/entries_this_rank", "iuq/entries_gathered"):
             assert key in latest
@@ -199,10 +199,8 @@ def test_inter_loss_reaches_only_the_query_path():
 
 def test_warmup_scales_the_weight_linearly():
     model = build_model(iuq_config(**{"MODEL.IUQ.INTER.WARMUP_ITERS": 4}))
-    model.mask_head._iter.fill_(1)
-    assert model.warmup_factor() == 0.25
-    model.mask_head._iter.fill_(10)
-    assert model.warmup_factor() == 1.0
+    assert model.inter_scene.warmup_factor(1) == 0.25
+    assert model.inter_scene.warmup_factor(10) == 1.0
 
 
 def test_eval_is_bit_identical_to_condinst():
@@ -212,7 +210,7 @@ def test_eval_is_bit_identical_to_condinst():
         iuq(_two_image_batch())  # a training step changes BN statistics and fills the bank
     plain = build_model(tiny_config(**{"MODEL.FCOS.INFERENCE_TH_TEST": 0.0}))
     missing, unexpected = plain.load_state_dict(iuq.state_dict(), strict=False)
-    assert missing == [] and all(k.startswith("query_bank.") for k in unexpected)
+    assert missing == [] and all(k.startswith("inter_scene.bank.") for k in unexpected)
     iuq.eval()
     plain.eval()
     with torch.no_grad():
@@ -234,11 +232,62 @@ def test_bank_checkpoint_round_trip_and_strip(tmp_path):
     AtomicCheckpointer(model, str(tmp_path)).save("model_x")
     restored = build_model(iuq_config())
     AtomicCheckpointer(restored, str(tmp_path)).resume_or_load(os.path.join(tmp_path, "model_x.pth"))
-    for name in ("feats", "positions", "offsets", "image_ids", "classes", "valid", "ptr"):
-        assert torch.equal(getattr(model.query_bank, name), getattr(restored.query_bank, name)), name
-    assert restored.query_bank.num_filled == 18
+    for name in ("feats", "positions", "offsets", "image_ids", "classes", "valid", "iters", "ptr"):
+        assert torch.equal(getattr(model.inter_scene.bank, name),
+                           getattr(restored.inter_scene.bank, name)), name
+    assert restored.inter_scene.bank.num_filled == 18
 
     strip_main([str(tmp_path / "model_x.pth"), str(tmp_path / "deploy.pth")])
     deploy = torch.load(tmp_path / "deploy.pth", weights_only=True)
-    assert not any(k.startswith("query_bank.") for k in deploy["model"])
+    assert not any(k.startswith("inter_scene.") for k in deploy["model"])
     build_model(tiny_config()).load_state_dict(deploy["model"], strict=True)
+
+
+def test_checkpoint_with_the_old_bank_keys_loads(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(iuq_config())
+    with EventStorage():
+        model(_two_image_batch())
+    # Before the criteria, the bank sat at query_bank.* and had no iters buffer.
+    old = {k.replace("inter_scene.bank.", "query_bank."): v for k, v in model.state_dict().items()
+           if k != "inter_scene.bank.iters"}
+    restored = build_model(iuq_config())
+    restored.load_state_dict(old, strict=True)
+    assert torch.equal(restored.inter_scene.bank.feats, model.inter_scene.bank.feats)
+    assert restored.inter_scene.bank.num_filled == 18
+    assert restored.inter_scene.bank.iters.eq(0).all()
+    stripped = strip_checkpoint({"model": old})
+    build_model(tiny_config()).load_state_dict(stripped["model"], strict=True)
+
+
+def test_entries_older_than_max_age_are_not_sampled():
+    bank = QueryBank(10, 3)
+    bank.enqueue(_entries(3, start=0), iteration=5)
+    bank.enqueue(_entries(2, start=10), iteration=9)
+    sampled, ages = bank.sample_with_age(10, now=10, max_age=2)
+    assert sorted(sampled.feats[:, 0].tolist()) == [10, 11] and ages.tolist() == [1, 1]
+    assert len(bank.sample_with_age(10, now=10, max_age=-1)[0]) == 5
+    assert len(bank.sample(10)) == 5
+
+
+def test_batch_entry_cap_bounds_the_pairs_but_every_entry_enters_the_bank():
+    torch.manual_seed(0)
+    model = build_model(iuq_config(**{"MODEL.IUQ.INTER.MAX_BATCH_ENTRIES": 5}))
+    with EventStorage() as storage:
+        model(_two_image_batch())
+        latest = storage.latest()
+    assert latest["iuq/entries_evaluated"][0] == 5 and latest["iuq/entries_gathered"][0] == 18
+    assert model.inter_scene.bank.num_filled == 18
+
+
+@pytest.mark.parametrize("attached", [False, True])
+def test_batch_entry_grad_reaches_the_mask_branch_only_when_asked(attached):
+    torch.manual_seed(0)
+    model = build_model(iuq_config(**{"MODEL.IUQ.INTER.BATCH_ENTRY_GRAD": attached,
+                                      "MODEL.IUQ.INTER.NUM_NEGATIVES": 0}))
+    with EventStorage():
+        losses = model(_two_image_batch())
+    losses["loss_inter"].backward()
+    branch = [p.grad for n, p in model.named_parameters() if n.startswith("mask_branch.tower")]
+    reached = any(g is not None and g.abs().sum() > 0 for g in branch)
+    assert reached == attached

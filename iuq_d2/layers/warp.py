@@ -1,12 +1,8 @@
 """Warping a feature map of the original images into their views: g(F(I)) for the equivariance
 losses of IUQ.
 
-Where a cell sits is a property of the network, not a convention: in a CNN whose strided
-convolutions and poolings have centred kernels ("same" padding, as in detectron2's ResNets),
-cell (i, j) of a stride-s map is the response centred on pixel (s*j, s*i), i.e. on the
-continuous point (s*j + 0.5, s*i + 0.5). (FCOS's ``compute_locations`` places cells at
-s*j + s//2; that is a convention for regression targets, which absorb a constant offset, but
-warping with it would put a flipped view's features 7 pixels off at stride 8.) A view g is an
+Cells are placed by the network's convention of ``layers.cell_centers`` (cell k of a stride-s
+map is centred on the continuous point s*k + 0.5), not FCOS's s*k + s//2. A view g is an
 axis-aligned affine map of continuous coordinates, so the warp is separable: each view row reads
 source rows, each view column reads source columns, independently.
 """
@@ -15,6 +11,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from .cell_centers import PIXEL_CENTER, network_cell_center
 
 __all__ = ["warp_to_view"]
 
@@ -42,9 +40,9 @@ def _axis_sampling(
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
     """Along one axis: for each of ``num_dst`` view cells the source cells to read (i0, i1), the
     weight of i1 (None when the mapping is exact indexing), and whether the view cell is valid."""
-    half = 0.5  # the centre of pixel stride * k in continuous coordinates
-    # View cell k sits at p = stride*k + half; its source point is (p - shift) / scale, i.e.
-    # the fractional source cell slope * k + offset.
+    half = PIXEL_CENTER
+    # View cell k sits at p = stride*k + half (network_cell_center); its source point is
+    # (p - shift) / scale, i.e. the fractional source cell slope * k + offset.
     slope = 1.0 / scale
     offset = ((half - shift) / scale - half) / stride
     exact = abs(abs(slope) - 1.0) < _EXACT_TOL and abs(offset - round(offset)) < _EXACT_TOL
@@ -55,7 +53,7 @@ def _axis_sampling(
     # Interpolation reads only cells whose centres lie inside the source image, so the view
     # cell must map between the first and last of them; its centre must lie inside the view.
     inside = _num_cells_inside(src_size, stride, num_src)
-    valid = (src >= 0) & (src <= inside - 1) & (stride * k + half < dst_size)
+    valid = (src >= 0) & (src <= inside - 1) & (network_cell_center(k, stride) < dst_size)
     lower = src.floor().clamp(0, max(num_src - 1, 0))
     weight = (src - lower).clamp(0.0, 1.0)
     i0 = lower.long()

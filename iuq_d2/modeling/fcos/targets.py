@@ -6,15 +6,13 @@ import torch
 from detectron2.structures import Instances
 from torch import Tensor
 
+from ...layers.cell_centers import fcos_cell_centers
+
 
 def compute_locations(height: int, width: int, stride: int, device: torch.device) -> Tensor:
     """(x, y) input-pixel coordinates of the cells of a [height, width] map with this stride,
-    row-major, shape [height * width, 2]. A cell is placed at the centre of its stride x stride
-    patch."""
-    xs = torch.arange(width, dtype=torch.float32, device=device) * stride + stride // 2
-    ys = torch.arange(height, dtype=torch.float32, device=device) * stride + stride // 2
-    y, x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([x.reshape(-1), y.reshape(-1)], dim=1)
+    row-major, shape [height * width, 2], in FCOS's convention (see ``layers.cell_centers``)."""
+    return fcos_cell_centers(height, width, stride, device)
 
 
 @dataclass

@@ -1,4 +1,13 @@
-from .iuq_condinst import IUQCondInst
+from .equivariance import EquivarianceCriterion
+from .inter_scene import InterSceneCriterion
+from .iuq_condinst import TRAINING_ONLY_PREFIXES, IUQCondInst
 from .query_bank import BankEntries, QueryBank
 
-__all__ = ["BankEntries", "IUQCondInst", "QueryBank"]
+__all__ = [
+    "BankEntries",
+    "EquivarianceCriterion",
+    "IUQCondInst",
+    "InterSceneCriterion",
+    "QueryBank",
+    "TRAINING_ONLY_PREFIXES",
+]

@@ -1,7 +1,7 @@
 """The query bank: a first-in-first-out memory of instance pixels from past training images,
 the negatives of the inter-scene uniqueness loss."""
 from dataclasses import dataclass, fields
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,9 @@ class BankEntries:
 
     def __len__(self) -> int:
         return self.feats.shape[0]
+
+    def as_tuple(self) -> Tuple[Tensor, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
 
     def __getitem__(self, index) -> "BankEntries":
         return BankEntries(*(getattr(self, f.name)[index] for f in fields(self)))
@@ -60,14 +63,21 @@ class QueryBank(nn.Module):
         self.register_buffer("image_ids", torch.full((capacity,), -1, dtype=torch.int64))
         self.register_buffer("classes", torch.full((capacity,), -1, dtype=torch.int64))
         self.register_buffer("valid", torch.zeros(capacity, dtype=torch.bool))
+        # Training iteration at which each entry was written: bounds the age of the negatives.
+        self.register_buffer("iters", torch.zeros(capacity, dtype=torch.int64))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.int64))
 
     @property
     def num_filled(self) -> int:
         return int(self.valid.sum())
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before entries carried their iteration: treat them as written at 0.
+        state_dict.setdefault(prefix + "iters", torch.zeros_like(self.iters))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
-    def enqueue(self, entries: BankEntries) -> None:
+    def enqueue(self, entries: BankEntries, iteration: int = 0) -> None:
         """Write entries at the pointer, wrapping around; with more entries than capacity only
         the last ``capacity`` are kept."""
         n = len(entries)
@@ -81,13 +91,26 @@ class QueryBank(nn.Module):
             buffer = getattr(self, f.name)
             buffer[slots] = getattr(entries, f.name).to(buffer.dtype)
         self.valid[slots] = True
+        self.iters[slots] = iteration
         self.ptr.copy_((self.ptr + n) % self.capacity)
 
     @torch.no_grad()
     def sample(self, num: int, generator: Optional[torch.Generator] = None) -> BankEntries:
         """Up to ``num`` distinct filled entries, uniformly at random."""
-        filled = torch.nonzero(self.valid).squeeze(1)
+        return self.sample_with_age(num, 0, -1, generator)[0]
+
+    @torch.no_grad()
+    def sample_with_age(
+        self, num: int, now: int, max_age: int, generator: Optional[torch.Generator] = None
+    ) -> Tuple[BankEntries, Tensor]:
+        """Up to ``num`` distinct filled entries written at most ``max_age`` iterations before
+        ``now`` (any age when ``max_age`` < 0), uniformly at random, and their ages."""
+        usable = self.valid
+        if max_age >= 0:
+            usable = usable & (now - self.iters <= max_age)
+        filled = torch.nonzero(usable).squeeze(1)
         if len(filled) > num:
             pick = torch.randperm(len(filled), generator=generator, device="cpu")[:num]
             filled = filled[pick.to(filled.device)]
-        return BankEntries(*(getattr(self, f.name)[filled] for f in fields(BankEntries)))
+        entries = BankEntries(*(getattr(self, f.name)[filled] for f in fields(BankEntries)))
+        return entries, now - self.iters[filled]

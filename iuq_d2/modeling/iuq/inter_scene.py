@@ -1,0 +1,239 @@
+"""The inter-scene (dataset-level) uniqueness criterion: the queries of a batch must stay silent
+on the instance pixels of other images, from this global batch and from the query bank."""
+import zlib
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.structures import Instances
+from detectron2.utils.events import get_event_storage
+from torch import Tensor, nn
+
+from ...layers.cell_centers import fcos_cell_center
+from ...layers.inter_scene import inter_scene_focal_loss
+from ...utils.comm import all_gather_rows
+from ..condinst.dynamic_mask_head import DynamicMaskHead
+from .query_bank import BankEntries, QueryBank
+
+COORD_MODES = ("instance_centered", "overlay")
+NORMALIZATIONS = ("pairs", "query_image")
+
+
+def image_ids_of(batched_inputs: List[dict], device: torch.device) -> Tensor:
+    """The dataset's ``image_id`` of each input (a hash of its file name when absent): the
+    identity that keeps a query from being penalised on its own image's pixels, including
+    pixels that an earlier epoch put in the bank."""
+    ids = []
+    for x in batched_inputs:
+        image_id = x.get("image_id")
+        if not isinstance(image_id, int):
+            image_id = zlib.crc32(str(image_id if image_id is not None else x["file_name"]).encode())
+        ids.append(image_id)
+    return torch.tensor(ids, dtype=torch.int64, device=device)
+
+
+@torch.no_grad()
+def sample_instance_cells(
+    gt_instances: List[Instances], feat_shape: Tuple[int, int], stride: int, k: int
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``k`` cells of the stride-``stride`` feature map per ground-truth instance, drawn among
+    the cells whose centre pixel it covers (with replacement when it covers fewer than k).
+
+    An instance too small to cover any cell centre contributes the cell holding its box centre,
+    so small objects are represented too. Returns, per sampled cell: its image index, row,
+    column, and the index of its instance within the batch's concatenated instances.
+    """
+    start = stride // 2
+    h, w = feat_shape
+    images, rows, cols, instances = [], [], [], []
+    num_before = 0
+    for b, inst in enumerate(gt_instances):
+        if len(inst) == 0 or k == 0:
+            num_before += len(inst)
+            continue
+        cells = inst.gt_bitmasks_full[:, start::stride, start::stride][:, :h, :w].flatten(1).float()
+        centers = inst.gt_boxes.get_centers()
+        tiny = (cells.sum(dim=1) == 0) & (inst.gt_bitmasks_full.flatten(1).amax(dim=1) > 0)
+        if tiny.any():
+            cx = (centers[tiny, 0] // stride).long().clamp(0, w - 1)
+            cy = (centers[tiny, 1] // stride).long().clamp(0, h - 1)
+            cells[tiny.nonzero().squeeze(1), cy * w + cx] = 1.0
+        keep = torch.nonzero(cells.sum(dim=1) > 0).squeeze(1)
+        if len(keep) > 0:
+            cells = cells[keep]
+            enough = cells.sum(dim=1) >= k
+            picked = torch.empty((len(keep), k), dtype=torch.int64, device=cells.device)
+            if enough.any():
+                picked[enough] = torch.multinomial(cells[enough], k, replacement=False)
+            if (~enough).any():
+                picked[~enough] = torch.multinomial(cells[~enough], k, replacement=True)
+            picked = picked.flatten()
+            images.append(torch.full_like(picked, b))
+            rows.append(picked // w)
+            cols.append(picked % w)
+            instances.append(keep.repeat_interleave(k) + num_before)
+        num_before += len(inst)
+    if not images:
+        empty = torch.zeros(0, dtype=torch.int64, device=gt_instances[0].gt_boxes.device)
+        return empty, empty, empty, empty
+    return torch.cat(images), torch.cat(rows), torch.cat(cols), torch.cat(instances)
+
+
+class InterSceneCriterion(nn.Module):
+    """Owns the query bank, the collection of this batch's instance pixels, the loss and its
+    logging.
+
+    Negatives of one step are a sample of the bank (entries at most ``max_age`` iterations old)
+    and the instance pixels of the current global batch (at most ``max_batch_entries`` of them
+    evaluated; all enter the bank). With ``batch_entry_grad`` the pixels of this process's other
+    images stay attached to the mask branch, so the representation, not only the queries, is
+    trained to tell instances of different images apart.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        bank: QueryBank,
+        layer_shapes: Sequence[Tuple[int, int]],
+        sizes_of_interest: Sequence[int],
+        use_rel_coords: bool,
+        feat_stride: int,
+        weight: float,
+        warmup_iters: int,
+        alpha: float,
+        gamma: float,
+        coords: str,
+        pixels_per_instance: int,
+        num_negatives: int,
+        max_age: int,
+        max_batch_entries: int,
+        batch_entry_grad: bool,
+        normalization: str,
+        impl: str,
+    ):
+        super().__init__()
+        self.bank = bank
+        self.layer_shapes = list(layer_shapes)
+        self.sizes_of_interest = list(sizes_of_interest)
+        self.use_rel_coords = use_rel_coords
+        self.feat_stride = feat_stride
+        self.weight = weight
+        self.warmup_iters = warmup_iters
+        self.alpha = alpha
+        self.gamma = gamma
+        self.coords = coords
+        self.pixels_per_instance = pixels_per_instance
+        self.num_negatives = num_negatives
+        self.max_age = max_age
+        self.max_batch_entries = max_batch_entries
+        self.batch_entry_grad = batch_entry_grad
+        self.normalization = normalization
+        self.impl = impl
+
+    @classmethod
+    def from_config(cls, cfg, mask_head: DynamicMaskHead, feat_channels: int, feat_stride: int):
+        inter = cfg.MODEL.IUQ.INTER
+        if inter.COORDS not in COORD_MODES:
+            raise ValueError(f"MODEL.IUQ.INTER.COORDS must be one of {COORD_MODES}, got {inter.COORDS!r}")
+        if inter.NORMALIZATION not in NORMALIZATIONS:
+            raise ValueError(f"MODEL.IUQ.INTER.NORMALIZATION must be one of {NORMALIZATIONS}, "
+                             f"got {inter.NORMALIZATION!r}")
+        for key in ("PIXELS_PER_INSTANCE", "NUM_NEGATIVES"):
+            if inter[key] < 0:
+                raise ValueError(f"MODEL.IUQ.INTER.{key} must be >= 0, got {inter[key]}")
+        return {
+            "bank": QueryBank(inter.BANK_SIZE, feat_channels),
+            "layer_shapes": mask_head.layer_shapes,
+            "sizes_of_interest": mask_head.sizes_of_interest.tolist(),
+            "use_rel_coords": not mask_head.disable_rel_coords,
+            "feat_stride": feat_stride,
+            "weight": inter.LOSS_WEIGHT,
+            "warmup_iters": inter.WARMUP_ITERS,
+            "alpha": inter.FOCAL_ALPHA,
+            "gamma": inter.FOCAL_GAMMA,
+            "coords": inter.COORDS,
+            "pixels_per_instance": inter.PIXELS_PER_INSTANCE,
+            "num_negatives": inter.NUM_NEGATIVES,
+            "max_age": inter.MAX_AGE_ITERS,
+            "max_batch_entries": inter.MAX_BATCH_ENTRIES,
+            "batch_entry_grad": inter.BATCH_ENTRY_GRAD,
+            "normalization": inter.NORMALIZATION,
+            "impl": inter.IMPL,
+        }
+
+    def warmup_factor(self, iteration: int) -> float:
+        if self.warmup_iters <= 0:
+            return 1.0
+        return min(iteration / self.warmup_iters, 1.0)
+
+    def collect(self, mask_feats: Tensor, gt_instances: List[Instances], image_ids: Tensor,
+                with_grad: bool = False) -> BankEntries:
+        """``pixels_per_instance`` instance pixels of every ground-truth instance of this
+        process's images, their features detached unless ``with_grad``."""
+        images, rows, cols, instances = sample_instance_cells(
+            gt_instances, mask_feats.shape[-2:], self.feat_stride, self.pixels_per_instance)
+        feats = mask_feats[images, :, rows, cols].float()
+        positions = fcos_cell_center(torch.stack([cols, rows], dim=1), self.feat_stride).float()
+        if len(instances) > 0:
+            centers = torch.cat([x.gt_boxes.get_centers() for x in gt_instances])[instances]
+            classes = torch.cat([x.gt_classes for x in gt_instances])[instances]
+        else:
+            centers, classes = positions.clone(), instances.clone()
+        return BankEntries(
+            feats=feats if with_grad else feats.detach(),
+            positions=positions,
+            offsets=centers - positions,
+            image_ids=image_ids[images],
+            classes=classes,
+        )
+
+    def forward(self, mask_feats: Tensor, queries: Instances, gt_instances: List[Instances],
+                image_ids: Tensor, iteration: int) -> Dict[str, Tensor]:
+        """``loss_inter`` of the queries against bank samples and this global batch's instance
+        pixels; afterwards the batch's pixels join the bank."""
+        local = self.collect(mask_feats, gt_instances, image_ids, with_grad=self.batch_entry_grad)
+        gathered, counts = all_gather_rows(*(t.detach() for t in local.as_tuple()))
+        current = BankEntries(*gathered)
+        evaluated = current
+        if self.batch_entry_grad and len(counts) > 1:
+            # This process's rows of the gathered batch are replaced by the attached ones.
+            rank = torch.distributed.get_rank()
+            start, end = sum(counts[:rank]), sum(counts[: rank + 1])
+            evaluated = BankEntries.cat([current[:start], local, current[end:]])
+        elif self.batch_entry_grad:
+            evaluated = local
+        if 0 <= self.max_batch_entries < len(evaluated):
+            keep = torch.randperm(len(evaluated), device="cpu")[: self.max_batch_entries]
+            evaluated = evaluated[keep.to(mask_feats.device)]
+        sampled, ages = self.bank.sample_with_age(self.num_negatives, iteration, self.max_age)
+        negatives = BankEntries.cat([sampled, evaluated])
+
+        if self.coords == "instance_centered":
+            # The query sits at the centre of the pixel's instance: rel = offset / soi.
+            query_anchors = torch.zeros_like(queries.locations)
+            pixel_anchors = -negatives.offsets
+        else:
+            query_anchors = queries.locations
+            pixel_anchors = negatives.positions
+        soi = torch.tensor(self.sizes_of_interest, dtype=torch.float32,
+                           device=queries.locations.device)[queries.fpn_levels]
+        loss, stats = inter_scene_focal_loss(
+            queries.mask_head_params, query_anchors, soi, image_ids[queries.im_inds],
+            negatives.feats, pixel_anchors, negatives.image_ids, self.layer_shapes,
+            use_rel_coords=self.use_rel_coords, alpha=self.alpha, gamma=self.gamma,
+            normalization=self.normalization, impl=self.impl,
+        )
+        self.bank.enqueue(current, iteration)
+
+        storage = get_event_storage()
+        storage.put_scalar("iuq/bank_fill", self.bank.num_filled / self.bank.capacity)
+        storage.put_scalar("iuq/inter_frac_firing", stats.frac_firing.item())
+        storage.put_scalar("iuq/inter_pairs", stats.num_pairs.item())
+        storage.put_scalar("iuq/entries_this_rank", len(local))
+        storage.put_scalar("iuq/entries_gathered", len(current))
+        storage.put_scalar("iuq/entries_evaluated", len(evaluated))
+        if len(ages) > 0:
+            storage.put_scalar("iuq/bank_age_mean", ages.float().mean().item())
+            storage.put_scalar("iuq/bank_age_max", ages.max().item())
+        return {"loss_inter": loss * self.weight * self.warmup_factor(iteration)}
