@@ -15,23 +15,28 @@ import torch
 
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, Instances
 
-from iuq_d2.config import add_condinst_config
+from iuq_d2.config import add_condinst_config, add_iuq_config
 from iuq_d2.data import (
     SHAPES_CLASSES,
     CondInstDatasetMapper,
+    IUQDatasetMapper,
+    check_mapper_views,
     check_num_classes,
     ensure_shapes,
     generate_shapes,
     load_coco_json_checked,
     register_builtin_datasets,
     register_custom_coco,
+    train_mapper_class,
 )
+from iuq_d2.engine.trainer import Trainer
 from iuq_d2.data.shapes import SHAPES_SPLITS, mask_to_polygons, render_image
 
-from .conftest import set_keys
+from .conftest import REPO, set_keys
 
 
 @pytest.fixture(scope="module")
@@ -349,6 +354,126 @@ def test_check_num_classes(tmp_path, custom_names):
     with pytest.raises(ValueError, match="'no_such_dataset' in DATASETS.TEST is not registered"):
         check_num_classes(cfg)
 
+
+def test_loader_matches_detectron2(shapes60, tmp_path):
+    """Where nothing is skipped, the checked loader returns what detectron2's load_coco_json
+    does, without a dataset name and with one (category ids mapped, metadata set)."""
+    out_dir, _ = shapes60
+    data = valid_coco(tmp_path)
+    for category in data["categories"]:  # ids 5 and 6: not contiguous
+        category["id"] += 4
+    for annotation in data["annotations"]:
+        annotation["category_id"] += 4
+    rle = {"size": [30, 40], "counts": [0, 1200]}  # uncompressed, turned into compressed RLE
+    data["annotations"].append(ann(3, 2, 6, [0, 0, 40, 30], rle, iscrowd=1))
+    cases = [
+        (os.path.join(out_dir, "annotations.json"), os.path.join(out_dir, "images")),
+        (write_coco(tmp_path, data), str(tmp_path / "images")),
+    ]
+    for index, (json_file, image_root) in enumerate(cases):
+        expected = load_coco_json(json_file, image_root)
+        assert load_coco_json_checked(json_file, image_root) == expected
+        names = [f"test_loader_{index}_d2", f"test_loader_{index}_checked"]
+        try:
+            expected = load_coco_json(json_file, image_root, names[0])
+            assert load_coco_json_checked(json_file, image_root, names[1]) == expected
+            reference, meta = (MetadataCatalog.get(name) for name in names)
+            assert meta.thing_classes == reference.thing_classes
+            assert meta.thing_dataset_id_to_contiguous_id == (
+                reference.thing_dataset_id_to_contiguous_id
+            )
+        finally:
+            for name in names:
+                MetadataCatalog.remove(name)
+
+
+def test_set_up_and_each_load_parse_the_json_once(tmp_path, custom_names, monkeypatch):
+    """The class count at set-up and the first load share one parse; a later load, or one
+    after the file changed, parses it once more."""
+    data = valid_coco(tmp_path)
+    json_file = write_coco(tmp_path, data)
+    custom_names.append("test_custom_once")
+    cfg = make_cfg(**{
+        "DATASETS.CUSTOM_COCO": [["test_custom_once", json_file, str(tmp_path / "images")]],
+        "DATASETS.TRAIN": ("test_custom_once",),
+        "DATASETS.TEST": (),
+        "MODEL.FCOS.NUM_CLASSES": 2,
+    })
+    register_custom_coco(cfg)
+    parsed = []
+    real_load = json.load
+    monkeypatch.setattr(json, "load", lambda f, **kw: parsed.append(f.name) or real_load(f, **kw))
+    check_num_classes(cfg)
+    assert parsed == [json_file]
+    assert len(DatasetCatalog.get("test_custom_once")) == 2
+    assert parsed == [json_file]
+    assert len(DatasetCatalog.get("test_custom_once")) == 2
+    assert parsed == [json_file] * 2
+
+    loader = DatasetCatalog["test_custom_once"]
+    assert loader.thing_classes() == ["cat", "dog"]
+    data["images"].append({"id": 3, "file_name": "b.png", "height": 30, "width": 40})
+    write_coco(tmp_path, data)
+    assert len(DatasetCatalog.get("test_custom_once")) == 3
+    assert parsed == [json_file] * 4
+
+
+def make_iuq_cfg(**overrides):
+    cfg = get_cfg()
+    add_condinst_config(cfg)
+    add_iuq_config(cfg)
+    return set_keys(cfg, overrides)
+
+
+def test_unknown_mapper_name_is_an_error_naming_the_key():
+    cfg = make_iuq_cfg(**{"INPUT.DATASET_MAPPER_NAME": "mask2former"})
+    message = r"INPUT.DATASET_MAPPER_NAME must be one of \['condinst', 'iuq'\], got 'mask2former'"
+    for build in (train_mapper_class, Trainer.build_train_loader):
+        with pytest.raises(ValueError, match=message):
+            build(cfg)
+
+
+@pytest.mark.parametrize(
+    "arch, equi, name, error",
+    [
+        ("CondInst", True, "condinst", None),
+        ("IUQCondInst", False, "condinst", None),
+        ("IUQCondInst", True, "iuq", None),
+        ("IUQCondInst", True, "condinst", "'condinst' does not make: set it to 'iuq'"),
+        ("CondInst", True, "iuq", "'iuq' makes equivariance views.*set it to 'condinst'"),
+        ("IUQCondInst", False, "iuq", "'iuq' makes equivariance views.*set it to 'condinst'"),
+    ],
+)
+def test_mapper_makes_views_iff_the_model_trains_on_them(arch, equi, name, error):
+    cfg = make_iuq_cfg(**{
+        "MODEL.META_ARCHITECTURE": arch,
+        "MODEL.IUQ.EQUI.ENABLED": equi,
+        "INPUT.DATASET_MAPPER_NAME": name,
+    })
+    mapper_class = train_mapper_class(cfg)
+    assert mapper_class is {"condinst": CondInstDatasetMapper, "iuq": IUQDatasetMapper}[name]
+    if error is None:
+        check_mapper_views(cfg, mapper_class)
+        return
+    for check in (lambda: check_mapper_views(cfg, mapper_class),
+                  lambda: Trainer.build_train_loader(cfg)):
+        with pytest.raises(ValueError, match="INPUT.DATASET_MAPPER_NAME " + error):
+            check()
+
+
+@pytest.mark.parametrize(
+    "config",
+    sorted(
+        os.path.relpath(os.path.join(root, f), REPO)
+        for root, _, files in os.walk(os.path.join(REPO, "configs"))
+        for f in files
+        if f.endswith(".yaml")
+    ),
+)
+def test_configs_name_the_mapper_their_model_needs(config):
+    cfg = make_iuq_cfg()
+    cfg.merge_from_file(os.path.join(REPO, config))
+    check_mapper_views(cfg, train_mapper_class(cfg))
 
 def test_mapper(shapes60):
     out_dir, data = shapes60

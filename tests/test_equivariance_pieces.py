@@ -9,11 +9,14 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.data import transforms as T
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_backbone
 from detectron2.structures import BoxMode, ImageList, PolygonMasks
 
 from iuq_d2.config import add_condinst_config, add_iuq_config
 from iuq_d2.data.iuq_mapper import IUQDatasetMapper
 from iuq_d2.data.mapper import CondInstDatasetMapper
+from iuq_d2.data.view_alignment import backbone_output_shapes, view_alignment
 from iuq_d2.data.views import sample_view_transforms, transform_to_affine
 from iuq_d2.layers.equivariance import feature_equivariance_loss
 from iuq_d2.layers.warp import warp_to_view
@@ -363,6 +366,22 @@ def test_mapper_views_match_instances(image_dict, mask_format):
             assert torch.equal(vinst.gt_boxes.tensor, boxes)
     assert mask_format == "bitmask" or seen_dropped
 
+
+def test_view_alignment_comes_from_the_backbone_strides():
+    shapes = {"res3": ShapeSpec(channels=4, stride=8), "c4": ShapeSpec(channels=4, stride=16),
+              "p5": ShapeSpec(channels=4, stride=64)}  # names that do not tell the stride
+    assert view_alignment(shapes, ["res3", "c4"]) == 16
+    assert view_alignment(shapes, ["p5"]) == 64
+    for in_features in (["res3", "p9"], []):
+        with pytest.raises(ValueError, match="MASK_BRANCH.IN_FEATURES must name backbone outputs"):
+            view_alignment(shapes, in_features)
+
+    # The meta-device build reports what the real backbone does, and leaves the device alone.
+    cfg = make_cfg(**{"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 16,
+                      "MODEL.CONDINST.MASK_BRANCH.IN_FEATURES": ["p3", "p4"]})
+    assert backbone_output_shapes(cfg) == build_backbone(cfg).output_shape()
+    assert torch.empty(1).device.type == "cpu"
+    assert IUQDatasetMapper(cfg, True).view_align == 16
 
 def test_mapper_empty_views(image_dict):
     """A view may lose every instance, and an image may have none."""

@@ -1,29 +1,42 @@
 """Datasets and data mapping of iuq_d2. Importing this module registers ``shapes_train`` and
 ``shapes_val`` (generated lazily, on their first load)."""
 
+from .build import DATASET_MAPPERS, check_mapper_views, train_mapper_class
+from .coco_loader import coco_dataset_dicts, load_coco_json_checked
+from .coco_validation import check_coco, coco_thing_classes, read_json
 from .datasets import (
     SHAPES_DATASETS,
+    CustomCocoLoader,
     check_num_classes,
     default_cache_root,
     ensure_shapes,
-    load_coco_json_checked,
     register_builtin_datasets,
     register_custom_coco,
 )
+from .iuq_mapper import IUQDatasetMapper
 from .mapper import CondInstDatasetMapper
 from .shapes import SHAPES_CLASSES, generate_shapes
 
 __all__ = [
+    "DATASET_MAPPERS",
     "SHAPES_CLASSES",
     "SHAPES_DATASETS",
     "CondInstDatasetMapper",
+    "CustomCocoLoader",
+    "IUQDatasetMapper",
+    "check_coco",
+    "check_mapper_views",
     "check_num_classes",
+    "coco_dataset_dicts",
+    "coco_thing_classes",
     "default_cache_root",
     "ensure_shapes",
     "generate_shapes",
     "load_coco_json_checked",
+    "read_json",
     "register_builtin_datasets",
     "register_custom_coco",
+    "train_mapper_class",
 ]
 
 register_builtin_datasets()

@@ -1,28 +1,28 @@
-"""Dataset registration for iuq_d2: the built-in synthetic shapes splits, COCO-format datasets
-listed in ``DATASETS.CUSTOM_COCO``, and a COCO loader that turns malformed json into errors that
-name the file and the offending entry instead of failing later inside training.
+"""Dataset registration for iuq_d2: the built-in synthetic shapes splits and the COCO-format
+datasets listed in ``DATASETS.CUSTOM_COCO``, both loaded by the checked COCO loader
+(``coco_loader``), and the set-up check of the class count against the datasets.
 """
 
 import functools
-import json
 import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
 
+from .coco_loader import coco_dataset_dicts, load_coco_json_checked
+from .coco_validation import coco_thing_classes, read_json
 from .shapes import GENERATOR_VERSION, SHAPES_CLASSES, SHAPES_SPLITS, generate_shapes
 
 __all__ = [
     "SHAPES_DATASETS",
+    "CustomCocoLoader",
     "check_num_classes",
     "default_cache_root",
     "ensure_shapes",
-    "load_coco_json_checked",
     "register_builtin_datasets",
     "register_custom_coco",
 ]
@@ -71,7 +71,7 @@ def ensure_shapes(out_dir: str, num_images: int, seed: int) -> str:
 
 def _load_shapes(name: str, out_dir: str, num_images: int, seed: int) -> List[Dict[str, Any]]:
     json_file = ensure_shapes(out_dir, num_images, seed)
-    return load_coco_json(json_file, os.path.join(out_dir, "images"), name)
+    return load_coco_json_checked(json_file, os.path.join(out_dir, "images"), name)
 
 
 def register_builtin_datasets(cache_root: Optional[str] = None) -> None:
@@ -104,135 +104,42 @@ def register_builtin_datasets(cache_root: Optional[str] = None) -> None:
         )
 
 
-def _read_json(json_file: str) -> Any:
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"COCO json file '{json_file}' does not exist.")
-    try:
-        with open(json_file, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"'{json_file}' is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}."
-        ) from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"'{json_file}' is not a UTF-8 text file: {e}.") from e
+class CustomCocoLoader:
+    """The DatasetCatalog function of a ``DATASETS.CUSTOM_COCO`` entry, parsing its json once
+    from set-up through the first load.
 
-
-def _check_top_level(data: Any, json_file: str) -> None:
-    if not isinstance(data, dict):
-        raise ValueError(f"'{json_file}' must hold a JSON object, not {type(data).__name__}.")
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise ValueError(
-                f"'{json_file}' has no top-level key '{key}': a COCO instances json needs "
-                "'images', 'annotations' and 'categories'."
-            )
-        if not isinstance(data[key], list):
-            raise ValueError(
-                f"'{json_file}': '{key}' must be a list, not {type(data[key]).__name__}."
-            )
-
-
-def _check_entries(entries: List[Any], keys: List[str], what: str, json_file: str) -> None:
-    """Every entry is an object with ``keys``, and the ids are unique."""
-    seen = set()
-    for index, entry in enumerate(entries):
-        missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
-        if missing:
-            raise ValueError(f"'{json_file}': {what} #{index} lacks {missing}: {entry!r:.200}.")
-        if entry["id"] in seen:
-            raise ValueError(f"'{json_file}': duplicate {what} id {entry['id']!r}.")
-        seen.add(entry["id"])
-
-
-def _thing_classes(data: Dict[str, Any], json_file: str) -> List[str]:
-    """Category names in the order load_coco_json maps them to contiguous ids (sorted by id)."""
-    categories = data["categories"]
-    _check_entries(categories, ["id", "name"], "category", json_file)
-    if not categories:
-        raise ValueError(f"'{json_file}' has an empty 'categories' list.")
-    return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
-
-
-def _check_coco(data: Any, json_file: str) -> None:
-    """Raise a ValueError for json that load_coco_json or training would choke on later."""
-    _check_top_level(data, json_file)
-    _thing_classes(data, json_file)
-    _check_entries(data["images"], ["id", "file_name", "height", "width"], "image", json_file)
-    _check_entries(data["annotations"], ["id", "image_id", "category_id"], "annotation", json_file)
-    image_ids = {image["id"] for image in data["images"]}
-    category_ids = {category["id"] for category in data["categories"]}
-    for ann in data["annotations"]:
-        where = f"'{json_file}': annotation {ann['id']!r}"
-        if ann["image_id"] not in image_ids:
-            raise ValueError(
-                f"{where} refers to image_id {ann['image_id']!r}, which is not in 'images'."
-            )
-        if ann["category_id"] not in category_ids:
-            raise ValueError(
-                f"{where} refers to category_id {ann['category_id']!r}, which is not in "
-                "'categories'."
-            )
-        segmentation = ann.get("segmentation")
-        if not (
-            segmentation is None
-            or isinstance(segmentation, dict)
-            or (isinstance(segmentation, list) and all(isinstance(p, list) for p in segmentation))
-        ):
-            raise ValueError(f"{where} needs 'segmentation' as a list of polygons or an RLE dict.")
-        bbox = ann.get("bbox")
-        if not (
-            isinstance(bbox, list)
-            and len(bbox) == 4
-            and all(isinstance(v, (int, float)) for v in bbox)
-        ):
-            raise ValueError(
-                f"{where} needs 'bbox' as 4 numbers [x, y, width, height], got {bbox!r}."
-            )
-
-
-def load_coco_json_checked(
-    json_file: str, image_root: str, dataset_name: Optional[str] = None
-) -> List[Dict[str, Any]]:
-    """detectron2's ``load_coco_json`` after validating the json (see ``_check_coco``).
-
-    Non-crowd annotations that cannot train an instance mask are dropped with one warning: an
-    empty box (width or height <= 0) or no polygon with at least 3 points. Images left without
-    annotations are kept; DATALOADER.FILTER_EMPTY_ANNOTATIONS decides about them.
+    :func:`check_num_classes` needs the categories at set-up, before any load. Its
+    :meth:`thing_classes` keeps the parsed json for the next call, which converts it instead
+    of parsing the file again. That call drops it, so later loads parse afresh, as does a load
+    after the file changed (size or modification time). Until the first load the parsed json
+    stays in memory: for a dataset only in DATASETS.TEST, until the first evaluation.
     """
-    data = _read_json(json_file)
-    _check_coco(data, json_file)
-    dataset_dicts = load_coco_json(json_file, image_root, dataset_name)
 
-    num_empty_boxes = num_no_polygon = 0
-    for record in dataset_dicts:
-        kept = []
-        for obj in record["annotations"]:
-            if not obj.get("iscrowd", 0):
-                if obj["bbox"][2] <= 0 or obj["bbox"][3] <= 0:
-                    num_empty_boxes += 1
-                    continue
-                if not obj.get("segmentation"):
-                    num_no_polygon += 1
-                    continue
-            kept.append(obj)
-        record["annotations"] = kept
-    # load_coco_json already dropped (and counted) annotations whose polygons all have < 3 points.
-    num_no_polygon += sum(
-        1
-        for ann in data["annotations"]
-        if isinstance(ann.get("segmentation"), list)
-        and ann["segmentation"]
-        and not any(
-            isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 for p in ann["segmentation"]
-        )
-    )
-    if num_empty_boxes or num_no_polygon:
-        logger.warning(
-            f"'{json_file}': skipped {num_empty_boxes} annotations with an empty box (width or "
-            f"height <= 0) and {num_no_polygon} without a polygon of at least 3 points."
-        )
-    return dataset_dicts
+    def __init__(self, json_file: str, image_root: str, dataset_name: str):
+        self.json_file = json_file
+        self.image_root = image_root
+        self.dataset_name = dataset_name
+        self._parsed: Optional[Tuple[Tuple[int, int], Any]] = None
+
+    def _stamp(self) -> Tuple[int, int]:
+        stat = os.stat(self.json_file)
+        return stat.st_size, stat.st_mtime_ns
+
+    def thing_classes(self) -> List[str]:
+        """The category names sorted by id, from a parse kept for the next load."""
+        stamp = self._stamp()
+        data = read_json(self.json_file)
+        classes = coco_thing_classes(data, self.json_file)
+        self._parsed = (stamp, data)
+        return classes
+
+    def __call__(self) -> List[Dict[str, Any]]:
+        parsed, self._parsed = self._parsed, None
+        if parsed is not None and parsed[0] == self._stamp():
+            data = parsed[1]
+        else:
+            data = read_json(self.json_file)
+        return coco_dataset_dicts(data, self.json_file, self.image_root, self.dataset_name)
 
 
 def register_custom_coco(cfg: CfgNode) -> None:
@@ -269,9 +176,7 @@ def register_custom_coco(cfg: CfgNode) -> None:
                 f"{meta.get('json_file')!r}, image_root={meta.get('image_root')!r}); "
                 "choose another name."
             )
-        DatasetCatalog.register(
-            name, functools.partial(load_coco_json_checked, json_file, image_root, name)
-        )
+        DatasetCatalog.register(name, CustomCocoLoader(json_file, image_root, name))
         MetadataCatalog.get(name).set(
             json_file=json_file, image_root=image_root, evaluator_type="coco"
         )
@@ -281,7 +186,8 @@ def check_num_classes(cfg: CfgNode) -> None:
     """Fail at set-up, not mid-training, when MODEL.FCOS.NUM_CLASSES does not match a dataset.
 
     Datasets whose metadata lacks ``thing_classes`` but has a ``json_file`` (custom COCO ones
-    before their first load) get it from the json's categories.
+    before their first load) get it from the json's categories; a ``DATASETS.CUSTOM_COCO`` one
+    keeps that parse for its first load (see :class:`CustomCocoLoader`).
     """
     num_classes = cfg.MODEL.FCOS.NUM_CLASSES
     for key, names in (
@@ -296,10 +202,13 @@ def check_num_classes(cfg: CfgNode) -> None:
                     "DATASETS.CUSTOM_COCO."
                 )
             meta = MetadataCatalog.get(name)
-            if not meta.get("thing_classes") and meta.get("json_file"):
-                data = _read_json(meta.json_file)
-                _check_top_level(data, meta.json_file)
-                meta.thing_classes = _thing_classes(data, meta.json_file)
+            if not meta.get("thing_classes"):
+                loader = DatasetCatalog[name]
+                if isinstance(loader, CustomCocoLoader):
+                    meta.thing_classes = loader.thing_classes()
+                elif meta.get("json_file"):
+                    data = read_json(meta.json_file)
+                    meta.thing_classes = coco_thing_classes(data, meta.json_file)
             classes = meta.get("thing_classes")
             if classes is not None and len(classes) != num_classes:
                 raise ValueError(

@@ -1,6 +1,5 @@
 """The training mapper of IUQ's equivariance: every image comes with a geometric view g(I)."""
 import importlib.util
-import re
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -10,6 +9,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
 from .mapper import CondInstDatasetMapper
+from .view_alignment import view_alignment_of_config
 from .views import sample_view_transforms, transform_to_affine
 
 __all__ = ["IUQDatasetMapper"]
@@ -31,6 +31,8 @@ class IUQDatasetMapper(CondInstDatasetMapper):
     are not part of g. At test time this is the base mapper.
     """
 
+    makes_views = True
+
     @configurable
     def __init__(
         self,
@@ -48,7 +50,8 @@ class IUQDatasetMapper(CondInstDatasetMapper):
             view_scales: rescale factors of the view, one drawn uniformly per image.
             view_flip_prob: probability of a horizontal flip.
             view_align: the crop's offset is a multiple of it and its sides one more than a
-                multiple (see ``sample_view_transforms``): the coarsest stride that feeds F.
+                multiple (see ``sample_view_transforms``): the coarsest stride that feeds F,
+                which ``from_config`` reads from the backbone's output shapes.
             kwargs: arguments of :class:`CondInstDatasetMapper`.
         """
         super().__init__(is_train, **kwargs)
@@ -79,7 +82,7 @@ class IUQDatasetMapper(CondInstDatasetMapper):
             view_crop_size=tuple(equi.CROP_SIZE),
             view_scales=tuple(equi.SCALES),
             view_flip_prob=equi.FLIP_PROB,
-            view_align=_view_alignment(cfg),
+            view_align=view_alignment_of_config(cfg),
         )
         return ret
 
@@ -137,16 +140,3 @@ class IUQDatasetMapper(CondInstDatasetMapper):
 def _to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
-
-def _view_alignment(cfg) -> int:
-    """The coarsest stride among the FPN levels fused into F (MASK_BRANCH.IN_FEATURES, levels
-    "p<k>" of stride 2**k): crops aligned to it shift every level feeding F by whole cells, so
-    that F of the view is F of the original, shifted."""
-    strides = []
-    for name in cfg.MODEL.CONDINST.MASK_BRANCH.IN_FEATURES:
-        match = re.fullmatch(r"p(\d+)", name)
-        if match is None:
-            raise ValueError(f"Cannot tell the stride of MODEL.CONDINST.MASK_BRANCH.IN_FEATURES "
-                             f"entry {name!r}; the view alignment expects FPN levels 'p<k>'")
-        strides.append(2 ** int(match.group(1)))
-    return max(strides)

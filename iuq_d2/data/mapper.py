@@ -23,6 +23,10 @@ class CondInstDatasetMapper(DatasetMapper):
     Sem-seg files and precomputed proposals, which CondInst does not use, are not read.
     """
 
+    # Whether training outputs carry the equivariance view g(I) under "view" (see
+    # IUQDatasetMapper), which IUQCondInst's equivariance losses read.
+    makes_views = False
+
     def load_image(self, dataset_dict: Dict[str, Any]) -> np.ndarray:
         """Read the image of ``dataset_dict`` in ``self.image_format`` and check its size
         against the dict's width/height."""

@@ -12,7 +12,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..data.iuq_mapper import IUQDatasetMapper
+from ..data.build import check_mapper_views, train_mapper_class
 from ..data.mapper import CondInstDatasetMapper
 from .checkpoint import AtomicCheckpointer
 
@@ -68,24 +68,27 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """With IUQ's equivariance on, every image comes with its view; in "paired" mode the
-        views count towards SOLVER.IMS_PER_BATCH, so half as many dataset images are drawn."""
-        equi = cfg.MODEL.IUQ.EQUI
-        if cfg.MODEL.META_ARCHITECTURE != "IUQCondInst" or not equi.ENABLED:
-            return build_detection_train_loader(cfg, mapper=CondInstDatasetMapper(cfg, is_train=True))
+        """The mapper of INPUT.DATASET_MAPPER_NAME, checked against the model (see
+        ``check_mapper_views``). When it makes views in MODEL.IUQ.EQUI.MODE "paired", the views
+        count towards SOLVER.IMS_PER_BATCH, so half as many dataset images are drawn."""
+        mapper_class = train_mapper_class(cfg)
+        check_mapper_views(cfg, mapper_class)
         batch_size = cfg.SOLVER.IMS_PER_BATCH
-        if equi.MODE == "paired":
+        if mapper_class.makes_views and cfg.MODEL.IUQ.EQUI.MODE == "paired":
             if batch_size % (2 * comm.get_world_size()) != 0:
                 raise ValueError(f"SOLVER.IMS_PER_BATCH ({batch_size}) must be a multiple of "
                                  f"2 x {comm.get_world_size()} processes with MODEL.IUQ.EQUI.MODE "
                                  "'paired' (each image brings its view)")
             batch_size //= 2
-        return build_detection_train_loader(cfg, mapper=IUQDatasetMapper(cfg, is_train=True),
+        return build_detection_train_loader(cfg, mapper=mapper_class(cfg, is_train=True),
                                             total_batch_size=batch_size)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=CondInstDatasetMapper(cfg, is_train=False))
+        """CondInst's mapper whatever INPUT.DATASET_MAPPER_NAME says: views are training-only
+        (at test time IUQDatasetMapper is this mapper)."""
+        mapper = CondInstDatasetMapper(cfg, is_train=False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
