@@ -3,6 +3,7 @@
 trained with the same schedule and seeds, evaluated on shapes_val.
 
     python benchmarks/ablation.py --seeds 1 2 3 --jobs 2 --out benchmarks/results/ablation.json
+    python benchmarks/ablation.py --dataset cells --variants CondInst +bank ... SOLVER.MAX_ITER 700
 
 Runs are independent train_net.py processes (--jobs at a time; with 2 jobs on 2 cores each run
 gets one core). A run whose OUTPUT_DIR already holds its final metrics is not repeated, so an
@@ -20,10 +21,19 @@ from concurrent.futures import ThreadPoolExecutor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "Demo", "shapes_CondInst.yaml")
 IUQ = ["MODEL.META_ARCHITECTURE", "IUQCondInst"]
+# Equivariance needs the mapper that makes the views.
+IUQ_VIEWS = IUQ + ["INPUT.DATASET_MAPPER_NAME", "iuq"]
 NO_BANK = ["MODEL.IUQ.INTER.ENABLED", "False"]
 NO_EQUI = ["MODEL.IUQ.EQUI.ENABLED", "False"]
 EXTRA = ["MODEL.IUQ.EQUI.MODE", "extra"]
 INSTANCE_CENTERED = ["MODEL.IUQ.INTER.COORDS", "instance_centered"]
+FRESH = ["MODEL.IUQ.INTER.MAX_AGE_ITERS", "20"]
+# With the cap at 2048 in-batch pixels evaluated per step (it never binds on shapes: at most
+# 8 objects x 50 pixels x 4 images).
+ENTRY_GRAD = ["MODEL.IUQ.INTER.BATCH_ENTRY_GRAD", "True", "MODEL.IUQ.INTER.MAX_BATCH_ENTRIES", "2048"]
+PER_IMAGE = ["MODEL.IUQ.INTER.NORMALIZATION", "query_image"]
+# Embedded datasets: (train, val, number of classes).
+DATASETS = {"shapes": ("shapes_train", "shapes_val", 4), "cells": ("cells_train", "cells_val", 2)}
 
 
 def equi_weights(query: float, feat: float):
@@ -35,25 +45,32 @@ def equi_weights(query: float, feat: float):
 VARIANTS = {
     "CondInst": ["MODEL.META_ARCHITECTURE", "CondInst"],
     "+bank": IUQ + NO_EQUI,
-    "+equivariance": IUQ + NO_BANK + equi_weights(3.0, 1.0),
-    "+bank +equivariance": IUQ + equi_weights(3.0, 1.0),
+    "+equivariance": IUQ_VIEWS + NO_BANK + equi_weights(3.0, 1.0),
+    "+bank +equivariance": IUQ_VIEWS + equi_weights(3.0, 1.0),
     # Diagnostics: the other placement of bank pixels (alone, at a lower weight, with
     # equivariance); the paired views without their losses (what halving the distinct images per
     # step costs) and with a lighter query term only.
     "+bank (instance_centered)": IUQ + NO_EQUI + INSTANCE_CENTERED,
     "+bank (instance_centered, weight 0.25)": IUQ + NO_EQUI + INSTANCE_CENTERED
     + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
-    "+bank +equivariance (instance_centered)": IUQ + INSTANCE_CENTERED + equi_weights(3.0, 1.0),
-    "views only": IUQ + NO_BANK + equi_weights(0.0, 0.0),
-    "+equivariance (query 1, feat 0)": IUQ + NO_BANK + equi_weights(1.0, 0.0),
+    "+bank +equivariance (instance_centered)": IUQ_VIEWS + INSTANCE_CENTERED + equi_weights(3.0, 1.0),
+    "views only": IUQ_VIEWS + NO_BANK + equi_weights(0.0, 0.0),
+    "+equivariance (query 1, feat 0)": IUQ_VIEWS + NO_BANK + equi_weights(1.0, 0.0),
     # The views on top of IMS_PER_BATCH originals: as many distinct images as CondInst sees,
     # at twice the cost per step; each loss term alone.
-    "+equivariance (extra)": IUQ + NO_BANK + EXTRA + equi_weights(3.0, 1.0),
-    "views only (extra)": IUQ + NO_BANK + EXTRA + equi_weights(0.0, 0.0),
-    "+equivariance (extra, query 1, feat 0)": IUQ + NO_BANK + EXTRA + equi_weights(1.0, 0.0),
-    "+equivariance (extra, query 0, feat 1)": IUQ + NO_BANK + EXTRA + equi_weights(0.0, 1.0),
+    "+equivariance (extra)": IUQ_VIEWS + NO_BANK + EXTRA + equi_weights(3.0, 1.0),
+    "views only (extra)": IUQ_VIEWS + NO_BANK + EXTRA + equi_weights(0.0, 0.0),
+    "+equivariance (extra, query 1, feat 0)": IUQ_VIEWS + NO_BANK + EXTRA + equi_weights(1.0, 0.0),
+    "+equivariance (extra, query 0, feat 1)": IUQ_VIEWS + NO_BANK + EXTRA + equi_weights(0.0, 1.0),
     # What "paired" does to the originals: CondInst with as many dataset images per step.
     "CondInst (IMS_PER_BATCH 2)": ["MODEL.META_ARCHITECTURE", "CondInst", "SOLVER.IMS_PER_BATCH", "2"],
+    # The method issue's hypotheses, one change at a time and together: negatives at most 20
+    # iterations old; in-batch pixels of the other images attached to the mask branch; the
+    # paper's per-query, per-image normalisation.
+    "+bank (age <= 20)": IUQ + NO_EQUI + FRESH,
+    "+bank (entry grad)": IUQ + NO_EQUI + ENTRY_GRAD,
+    "+bank (per-image norm)": IUQ + NO_EQUI + PER_IMAGE,
+    "+bank (age <= 20, entry grad, per-image norm)": IUQ + NO_EQUI + FRESH + ENTRY_GRAD + PER_IMAGE,
 }
 CORE = ["CondInst", "+bank", "+equivariance", "+bank +equivariance"]
 
@@ -67,19 +84,27 @@ def final_metrics(output_dir: str):
     return last if "segm/AP" in last else None
 
 
-def run(variant: str, seed: int, root: str, opts) -> dict:
+def dataset_opts(dataset: str):
+    train, val, num_classes = DATASETS[dataset]
+    return ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{val}',)",
+            "MODEL.FCOS.NUM_CLASSES", str(num_classes)]
+
+
+def run(variant: str, seed: int, root: str, dataset: str, opts) -> dict:
     slug = "".join(c if c.isalnum() else "_" for c in variant).strip("_")
-    output_dir = os.path.join(root, f"{slug}_seed{seed}")
+    output_dir = os.path.join(root, dataset, f"{slug}_seed{seed}")
     if final_metrics(output_dir) is None:
+        os.makedirs(os.path.dirname(output_dir), exist_ok=True)
         cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG,
-               *VARIANTS[variant], "SEED", str(seed), "OUTPUT_DIR", output_dir,
-               "DATALOADER.NUM_WORKERS", "0", *opts]
+               *VARIANTS[variant], *dataset_opts(dataset), "SEED", str(seed),
+               "OUTPUT_DIR", output_dir, "DATALOADER.NUM_WORKERS", "0", *opts]
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         with open(output_dir + ".log", "w") as log:
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
     m = final_metrics(output_dir)
     return {"variant": variant, "seed": seed, "segm_AP": m["segm/AP"], "bbox_AP": m["bbox/AP"],
-            "segm_AP50": m["segm/AP50"], "segm_APs": m["segm/APs"], "output_dir": output_dir}
+            "segm_AP50": m["segm/AP50"], "segm_AP75": m["segm/AP75"], "segm_APs": m["segm/APs"],
+            "output_dir": os.path.relpath(output_dir, REPO)}
 
 
 def main() -> None:
@@ -87,6 +112,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=CORE, choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--dataset", default="shapes", choices=list(DATASETS))
     parser.add_argument("--root", default=os.path.join(REPO, "output", "ablation"))
     parser.add_argument("--out", default="")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
@@ -95,26 +121,28 @@ def main() -> None:
 
     tasks = [(v, s) for s in args.seeds for v in args.variants]
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda t: run(t[0], t[1], args.root, args.opts), tasks))
+        rows = list(pool.map(lambda t: run(t[0], t[1], args.root, args.dataset, args.opts), tasks))
 
     summary = {}
-    print("| variant | segm AP | bbox AP | segm AP per seed | bbox AP per seed |")
-    print("|---|---|---|---|---|")
+    print("| variant | segm AP | segm AP75 | bbox AP | segm AP per seed | bbox AP per seed |")
+    print("|---|---|---|---|---|---|")
     for variant in args.variants:
         mine = [r for r in rows if r["variant"] == variant]
         stats = {}
-        for key in ("segm_AP", "bbox_AP", "segm_AP50", "segm_APs"):
+        for key in ("segm_AP", "bbox_AP", "segm_AP50", "segm_AP75", "segm_APs"):
             values = [r[key] for r in mine]
             stats[key] = {"mean": statistics.mean(values),
                           "std": statistics.stdev(values) if len(values) > 1 else 0.0}
         summary[variant] = stats
-        cells = [f"{stats[k]['mean']:.1f} ± {stats[k]['std']:.1f}" for k in ("segm_AP", "bbox_AP")]
+        cells = [f"{stats[k]['mean']:.1f} ± {stats[k]['std']:.1f}"
+                 for k in ("segm_AP", "segm_AP75", "bbox_AP")]
         cells += [" / ".join(f"{r[k]:.1f}" for r in mine) for k in ("segm_AP", "bbox_AP")]
         print(f"| {variant} | " + " | ".join(cells) + " |")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            json.dump({"config": os.path.relpath(CONFIG, REPO), "opts": args.opts, "seeds": args.seeds,
+            json.dump({"config": os.path.relpath(CONFIG, REPO), "dataset": args.dataset,
+                       "opts": args.opts, "seeds": args.seeds,
                        "summary": summary, "runs": rows}, f, indent=1)
 
 

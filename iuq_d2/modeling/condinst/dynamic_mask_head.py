@@ -6,7 +6,12 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 from torch import Tensor, nn
 
-from ...layers.dynamic_mlp import dynamic_layer_shapes, dynamic_mlp, parse_dynamic_params
+from ...layers.dynamic_mlp import (
+    dynamic_layer_shapes,
+    dynamic_mlp,
+    num_dynamic_params,
+    parse_dynamic_params,
+)
 from ...layers.upsample import aligned_bilinear
 from ..fcos.targets import compute_locations
 
@@ -34,9 +39,9 @@ class DynamicMaskHead(nn.Module):
         self.in_channels = in_channels
         self.disable_rel_coords = disable_rel_coords
         self.mask_out_stride = mask_out_stride
-        self.layer_shapes = dynamic_layer_shapes(in_channels + (0 if disable_rel_coords else 2),
-                                                 channels, num_layers)
-        self.num_params = sum(o * i + o for o, i in self.layer_shapes)
+        fan_in = in_channels + (0 if disable_rel_coords else 2)
+        self.layer_shapes = dynamic_layer_shapes(fan_in, channels, num_layers)
+        self.num_params = num_dynamic_params(fan_in, channels, num_layers)
         self.register_buffer("sizes_of_interest", torch.tensor(sizes_of_interest, dtype=torch.int64))
         # Training forwards seen so far. AdelaiDet's checkpoints hold this buffer, so it stays.
         self.register_buffer("_iter", torch.zeros([1]))
