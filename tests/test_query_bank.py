@@ -27,7 +27,6 @@ def _entries(n, image_id=0, start=0.0, c=3):
     return BankEntries(
         feats=values[:, None].repeat(1, c), positions=values[:, None].repeat(1, 2),
         offsets=-values[:, None].repeat(1, 2), image_ids=torch.full((n,), image_id),
-        classes=torch.zeros(n, dtype=torch.int64),
     )
 
 
@@ -66,7 +65,6 @@ def test_instance_balanced_sampling_counts_and_locations():
     feats = torch.randn(1, model.mask_branch.out_channels, 12, 16)
     entries = model.inter_scene.collect(feats, gt, torch.tensor([42]))
     assert len(entries) == 3 * 7
-    assert entries.classes.tolist() == [0] * 7 + [1] * 7 + [2] * 7
     assert (entries.image_ids == 42).all()
     x, y = entries.positions[:, 0], entries.positions[:, 1]
     big = slice(0, 7)
@@ -232,7 +230,7 @@ def test_bank_checkpoint_round_trip_and_strip(tmp_path):
     AtomicCheckpointer(model, str(tmp_path)).save("model_x")
     restored = build_model(iuq_config())
     AtomicCheckpointer(restored, str(tmp_path)).resume_or_load(os.path.join(tmp_path, "model_x.pth"))
-    for name in ("feats", "positions", "offsets", "image_ids", "classes", "valid", "iters", "ptr"):
+    for name in ("feats", "positions", "offsets", "image_ids", "valid", "iters", "ptr"):
         assert torch.equal(getattr(model.inter_scene.bank, name),
                            getattr(restored.inter_scene.bank, name)), name
     assert restored.inter_scene.bank.num_filled == 18
@@ -251,6 +249,7 @@ def test_checkpoint_with_the_old_bank_keys_loads(tmp_path):
     # Before the criteria, the bank sat at query_bank.* and had no iters buffer.
     old = {k.replace("inter_scene.bank.", "query_bank."): v for k, v in model.state_dict().items()
            if k != "inter_scene.bank.iters"}
+    old["query_bank.classes"] = torch.zeros(500, dtype=torch.int64)
     restored = build_model(iuq_config())
     restored.load_state_dict(old, strict=True)
     assert torch.equal(restored.inter_scene.bank.feats, model.inter_scene.bank.feats)

@@ -17,7 +17,7 @@ import submitit
 import torch
 
 from iuq_d2.data import ensure_shapes
-from iuq_d2.engine.slurm import default_port
+from iuq_d2.engine.slurm.rendezvous import default_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "configs" / "Demo" / "shapes_CondInst.yaml"
@@ -184,7 +184,8 @@ def test_interrupted_job_is_requeued_and_resumes(tmp_path, tiny_shapes):
 
 def _query_bank(checkpoint: Path):
     model = torch.load(checkpoint, map_location="cpu", weights_only=False)["model"]
-    return {k[len("query_bank.") :]: v for k, v in model.items() if k.startswith("query_bank.")}
+    prefix = "inter_scene.bank."
+    return {k[len(prefix) :]: v for k, v in model.items() if k.startswith(prefix)}
 
 
 def test_preempted_job_is_requeued_and_resumes(tmp_path, tiny_shapes):
@@ -208,7 +209,7 @@ def test_preempted_job_is_requeued_and_resumes(tmp_path, tiny_shapes):
     stored = int(before["ptr"])
     assert 0 < stored < int(after["ptr"]) <= 100000
     # The rerun appended to the bank it loaded instead of starting an empty one.
-    for key in ("feats", "positions", "image_ids", "classes", "valid"):
+    for key in ("feats", "positions", "image_ids", "valid", "iters"):
         assert torch.equal(after[key][:stored], before[key][:stored]), key
 
 

@@ -177,15 +177,13 @@ class InterSceneCriterion(nn.Module):
         positions = fcos_cell_center(torch.stack([cols, rows], dim=1), self.feat_stride).float()
         if len(instances) > 0:
             centers = torch.cat([x.gt_boxes.get_centers() for x in gt_instances])[instances]
-            classes = torch.cat([x.gt_classes for x in gt_instances])[instances]
         else:
-            centers, classes = positions.clone(), instances.clone()
+            centers = positions.clone()
         return BankEntries(
             feats=feats if with_grad else feats.detach(),
             positions=positions,
             offsets=centers - positions,
             image_ids=image_ids[images],
-            classes=classes,
         )
 
     def forward(self, mask_feats: Tensor, queries: Instances, gt_instances: List[Instances],

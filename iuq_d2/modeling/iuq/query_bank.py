@@ -17,7 +17,6 @@ class BankEntries:
     positions: Tensor  # [N, 2] (x, y) of the cell centre in its image, input pixels
     offsets: Tensor  # [N, 2] from the pixel to its instance's box centre, input pixels
     image_ids: Tensor  # [N] int64 id of the source image
-    classes: Tensor  # [N] int64 class of the pixel's instance
 
     def __len__(self) -> int:
         return self.feats.shape[0]
@@ -27,12 +26,6 @@ class BankEntries:
 
     def __getitem__(self, index) -> "BankEntries":
         return BankEntries(*(getattr(self, f.name)[index] for f in fields(self)))
-
-    @staticmethod
-    def empty(feat_dim: int, device: torch.device) -> "BankEntries":
-        real = torch.zeros((0, 2), device=device)
-        index = torch.zeros(0, dtype=torch.int64, device=device)
-        return BankEntries(torch.zeros((0, feat_dim), device=device), real, real.clone(), index, index.clone())
 
     @staticmethod
     def cat(parts: List["BankEntries"]) -> "BankEntries":
@@ -61,7 +54,6 @@ class QueryBank(nn.Module):
         self.register_buffer("positions", torch.zeros(capacity, 2))
         self.register_buffer("offsets", torch.zeros(capacity, 2))
         self.register_buffer("image_ids", torch.full((capacity,), -1, dtype=torch.int64))
-        self.register_buffer("classes", torch.full((capacity,), -1, dtype=torch.int64))
         self.register_buffer("valid", torch.zeros(capacity, dtype=torch.bool))
         # Training iteration at which each entry was written: bounds the age of the negatives.
         self.register_buffer("iters", torch.zeros(capacity, dtype=torch.int64))
@@ -73,7 +65,9 @@ class QueryBank(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before entries carried their iteration: treat them as written at 0.
+        # Their per-entry classes were never read and are dropped.
         state_dict.setdefault(prefix + "iters", torch.zeros_like(self.iters))
+        state_dict.pop(prefix + "classes", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
