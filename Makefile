@@ -51,6 +51,7 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra $(PYTEST_ARGS) tests/triton_interp
 
 bench: install
 	$(PY) benchmarks/train_speed.py

@@ -1,0 +1,310 @@
+"""The inter-scene loss implementations against the PyTorch reference (and each other).
+
+CPU-only CI runs the tiled path, the weights, the dispatch and the triton AOT compile; the
+interpreted triton kernels run in their own process (tests/triton_interp); real CUDA checks
+skip without a GPU.
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import torch
+
+from iuq_d2.layers.inter_scene import (
+    _resolve_impl, inter_scene_focal_loss, inter_scene_weights,
+    reference_inter_scene_focal_loss,
+)
+from iuq_d2.layers.inter_scene_tiled import TiledInterSceneLoss
+
+SHAPES = [(8, 10), (8, 8), (1, 8)]
+SHAPES_NO_COORDS = [(8, 8), (8, 8), (1, 8)]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_case(num_q, num_n, num_images=3, use_rel_coords=True, feats_grad=True, seed=0,
+              dtype=torch.float32, device="cpu", same_image=False):
+    """Random queries and entries; ``same_image`` puts everything in image 0 (no valid pair)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = SHAPES if use_rel_coords else SHAPES_NO_COORDS
+    num_p = sum(o * i + o for o, i in shapes)
+    high = 1 if same_image else num_images
+    case = dict(
+        params=torch.randn(num_q, num_p, generator=g, dtype=dtype),
+        query_anchors=torch.randn(num_q, 2, generator=g, dtype=dtype) * 50,
+        query_soi=torch.rand(num_q, generator=g, dtype=dtype) * 100 + 16,
+        query_images=torch.randint(0, high, (num_q,), generator=g),
+        pixel_feats=torch.randn(num_n, 8, generator=g, dtype=dtype),
+        pixel_anchors=torch.randn(num_n, 2, generator=g, dtype=dtype) * 50,
+        pixel_images=torch.randint(0, high + 1 if not same_image else 1, (num_n,), generator=g),
+    )
+    case = {k: v.to(device) for k, v in case.items()}
+    case["params"].requires_grad_(True)
+    case["pixel_feats"].requires_grad_(feats_grad)
+    return case, shapes
+
+
+def run(case, shapes, impl, **kw):
+    loss, stats = inter_scene_focal_loss(
+        case["params"], case["query_anchors"], case["query_soi"], case["query_images"],
+        case["pixel_feats"], case["pixel_anchors"], case["pixel_images"], shapes, impl=impl,
+        **kw)
+    inputs = [case["params"]] + ([case["pixel_feats"]] if case["pixel_feats"].requires_grad
+                                 else [])
+    grads = torch.autograd.grad(loss, inputs, allow_unused=False)
+    return loss, grads, stats
+
+
+def assert_same(a, b, atol=1e-6, rtol=1e-5):
+    (loss_a, grads_a, stats_a), (loss_b, grads_b, stats_b) = a, b
+    torch.testing.assert_close(loss_a, loss_b, atol=atol, rtol=rtol)
+    assert len(grads_a) == len(grads_b)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(ga, gb, atol=atol, rtol=rtol)
+    assert stats_a.num_pairs.item() == stats_b.num_pairs.item()
+    torch.testing.assert_close(stats_a.frac_firing, stats_b.frac_firing)
+
+
+CASES = {
+    "random": dict(num_q=6, num_n=53),
+    "no_valid_pair": dict(num_q=4, num_n=20, same_image=True),
+    "one_query": dict(num_q=1, num_n=41),
+    "no_entries": dict(num_q=5, num_n=0),
+    "no_queries": dict(num_q=0, num_n=9),
+}
+
+
+@pytest.mark.parametrize("case_name", list(CASES))
+@pytest.mark.parametrize("normalization", ["pairs", "query_image"])
+@pytest.mark.parametrize("use_rel_coords", [True, False])
+@pytest.mark.parametrize("feats_grad", [True, False])
+def test_tiled_matches_reference(case_name, normalization, use_rel_coords, feats_grad):
+    case, shapes = make_case(**CASES[case_name], use_rel_coords=use_rel_coords,
+                             feats_grad=feats_grad)
+    ref = run(case, shapes, "reference", use_rel_coords=use_rel_coords,
+              normalization=normalization)
+    # 8 * 6 * 7 floats per chunk: T = 7 entries, so 53 entries end on a partial chunk.
+    for chunk_elems in (None, 8 * 6 * 7, 1):
+        tiled = run(case, shapes, "tiled", use_rel_coords=use_rel_coords,
+                    normalization=normalization, chunk_elems=chunk_elems)
+        assert_same(tiled, ref)
+    if case_name in ("no_valid_pair", "no_entries", "no_queries"):
+        assert ref[0].item() == 0.0 and tiled[0].item() == 0.0
+
+
+def test_default_call_unchanged():
+    """The positional call of the original API: pairs normalisation, auto impl."""
+    case, shapes = make_case(7, 64)
+    args = [case[k] for k in ("params", "query_anchors", "query_soi", "query_images",
+                              "pixel_feats", "pixel_anchors", "pixel_images")]
+    loss, stats = inter_scene_focal_loss(*args, shapes)
+    ref, ref_stats = reference_inter_scene_focal_loss(*args, shapes)
+    torch.testing.assert_close(loss, ref)
+    assert loss.dtype == torch.float32 and stats.num_pairs.dtype == torch.int64
+
+
+def test_query_image_normalisation_by_hand():
+    """Mean over each other image's entries, then over those images, then over queries."""
+    case, shapes = make_case(5, 30, num_images=3, feats_grad=False)
+    loss, _ = reference_inter_scene_focal_loss(
+        *[case[k] for k in ("params", "query_anchors", "query_soi", "query_images",
+                            "pixel_feats", "pixel_anchors", "pixel_images")],
+        shapes, normalization="query_image")
+    # Per-pair focal losses from the reference with every pair weighted 1.
+    num_q, num_n = 5, 30
+    per_pair = torch.zeros(num_q, num_n)
+    for q in range(num_q):
+        for n in range(num_n):
+            sub = {k: case[k][q:q + 1] for k in ("params", "query_anchors", "query_soi")}
+            l, _ = reference_inter_scene_focal_loss(
+                sub["params"], sub["query_anchors"], sub["query_soi"], torch.tensor([-1]),
+                case["pixel_feats"][n:n + 1], case["pixel_anchors"][n:n + 1],
+                case["pixel_images"][n:n + 1], shapes)
+            per_pair[q, n] = l
+    q_img, p_img = case["query_images"], case["pixel_images"]
+    per_query = []
+    for q in range(num_q):
+        others = [i for i in p_img.unique().tolist() if i != q_img[q].item()]
+        if others:
+            per_query.append(torch.stack([per_pair[q, p_img == i].mean() for i in others]).mean())
+    expected = torch.stack(per_query).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_weights_are_linear_in_sizes():
+    qw, pw, num_pairs = inter_scene_weights(torch.tensor([0, 0, 1, 2]),
+                                            torch.tensor([0, 1, 1, 3, 3, 3]), "query_image")
+    # Images with entries: 0 (1), 1 (2), 3 (3). Query 2 (image 2) sees all three.
+    torch.testing.assert_close(pw, torch.tensor([1.0, 0.5, 0.5, 1 / 3, 1 / 3, 1 / 3]))
+    torch.testing.assert_close(qw, torch.tensor([1 / 8, 1 / 8, 1 / 8, 1 / 12]))
+    assert num_pairs.item() == 4 * 6 - (2 * 1 + 1 * 2)
+    with pytest.raises(ValueError):
+        inter_scene_weights(torch.tensor([0]), torch.tensor([1]), "per_image")
+
+
+def test_tiled_gradcheck_fp64():
+    case, shapes = make_case(3, 11, dtype=torch.float64)
+    for normalization in ("pairs", "query_image"):
+        def fn(params, feats):
+            loss, _ = inter_scene_focal_loss(
+                params, case["query_anchors"], case["query_soi"], case["query_images"], feats,
+                case["pixel_anchors"], case["pixel_images"], shapes, impl="tiled",
+                normalization=normalization, chunk_elems=8 * 3 * 4)
+            return loss
+        assert torch.autograd.gradcheck(fn, (case["params"], case["pixel_feats"]))
+
+
+def test_tiled_function_saves_no_pair_tensor():
+    """What autograd keeps is O(Q * P + N * C): no [Q, hidden, N] survives the forward."""
+    case, shapes = make_case(6, 200)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run(case, shapes, "tiled")
+    assert saved and max(saved) <= max(6 * 169, 200 * 10)
+
+
+def test_auto_picks_tiled_on_cpu():
+    assert _resolve_impl("auto", torch.zeros(1)) == "tiled"
+    with pytest.raises(ValueError):
+        _resolve_impl("cuda", torch.zeros(1))
+
+
+def test_triton_refuses_cpu_tensors():
+    pytest.importorskip("triton")
+    from iuq_d2.layers import inter_scene_triton
+
+    if inter_scene_triton.INTERPRET:
+        pytest.skip("TRITON_INTERPRET=1: CPU tensors are allowed")
+    case, shapes = make_case(2, 5)
+    with pytest.raises(ValueError, match="CUDA"):
+        run(case, shapes, "triton")
+
+
+def test_package_works_without_triton():
+    """``import triton`` failing leaves the package importable and the tiled path working."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch\n"
+        "from iuq_d2.layers.inter_scene import inter_scene_focal_loss\n"
+        "from iuq_d2.layers import inter_scene_triton as t\n"
+        "assert not t.triton_available()\n"
+        "p = torch.randn(2, 169, requires_grad=True)\n"
+        "args = (torch.zeros(2, 2), torch.ones(2), torch.tensor([0, 1]), torch.randn(4, 8),\n"
+        "        torch.zeros(4, 2), torch.tensor([0, 1, 2, 2]), [(8, 10), (8, 8), (1, 8)])\n"
+        "loss, _ = inter_scene_focal_loss(p, *args)\n"
+        "loss.backward()\n"
+        "try:\n"
+        "    inter_scene_focal_loss(p, *args, impl='triton')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'triton' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('triton impl ran without triton')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------- triton ahead-of-time compile
+
+def _kernel_signatures():
+    from iuq_d2.layers import inter_scene_triton as T
+
+    common = {"pack_ptr": "*fp32", "anchors_ptr": "*fp32", "feats_ptr": "*bf16",
+              "q_img_ptr": "*i64", "p_img_ptr": "*i64", "qw_ptr": "*fp32", "pw_ptr": "*fp32"}
+    tail = {"Q": "i32", "N": "i32", "PK": "i32", "alpha": "fp32"}
+    return {
+        "params": (T._params_kernel, {**common, "loss_ptr": "*fp32", "fire_ptr": "*i32",
+                                      "dpack_ptr": "*fp32", **tail}),
+        "feats": (T._feats_kernel, {**common, "dfeats_ptr": "*fp32", **tail,
+                                    "queries_per_group": "i32"}),
+    }
+
+
+@pytest.mark.parametrize("capability", [80, 90])
+@pytest.mark.parametrize("kernel", ["params", "feats"])
+def test_triton_kernels_compile_without_spills(capability, kernel):
+    """PTX + cubin for sm_80/sm_90 without a GPU; ptxas -v must report no spills.
+
+    Triton only fills ``CompiledKernel.n_spills`` when it loads the cubin on a device, so the
+    spill count is read from ``ptxas -v`` on the generated PTX, with Triton's own ptxas.
+    """
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    from iuq_d2.layers import inter_scene_triton as T
+
+    if T.INTERPRET:
+        pytest.skip("interpreted kernels do not compile")
+    fn, signature = _kernel_signatures()[kernel]
+    consts = dict(H=8, CIN=10, C=8, NC=2, HP=8, CINP=16, GAMMA=2.0, BLOCK_N=T.BLOCK_N)
+    signature = {**signature, **{k: "constexpr" for k in consts}}
+    compiled = triton.compile(
+        triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=consts),
+        target=GPUTarget("cuda", capability, 32), options={"num_warps": T.NUM_WARPS})
+    assert compiled.asm["cubin"] and compiled.metadata.num_warps == T.NUM_WARPS
+    arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "kernel.ptx")
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        log = subprocess.run([get_ptxas(capability).path, "-v", f"--gpu-name={arch}", ptx,
+                              "-o", os.path.join(tmp, "kernel.cubin")],
+                             capture_output=True, text=True, check=True).stderr
+    spills = [int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
+    assert spills and all(s == 0 for s in spills), log
+
+
+# ---------------------------------------------------------------- real GPU
+
+requires_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="NO CUDA DEVICE: the triton kernels were not run on a GPU in this session")
+
+
+@requires_cuda
+@pytest.mark.parametrize("normalization", ["pairs", "query_image"])
+@pytest.mark.parametrize("use_rel_coords", [True, False])
+def test_triton_matches_reference_on_gpu_fp32(normalization, use_rel_coords):
+    pytest.importorskip("triton")
+    case, shapes = make_case(37, 1000, num_images=5, use_rel_coords=use_rel_coords,
+                             device="cuda")
+    kw = dict(use_rel_coords=use_rel_coords, normalization=normalization)
+    ref = run(case, shapes, "reference", **kw)
+    assert_same(run(case, shapes, "triton", **kw), ref, atol=1e-5, rtol=1e-4)
+    assert_same(run(case, shapes, "tiled", **kw), ref, atol=1e-5, rtol=1e-4)
+    assert _resolve_impl("auto", case["params"]) == "triton"
+
+
+@requires_cuda
+def test_triton_bf16_inputs_on_gpu():
+    """bf16 params/feats: the kernel computes in fp32, so compare with the fp32 reference."""
+    pytest.importorskip("triton")
+    case, shapes = make_case(20, 300, device="cuda")
+    bf16 = {k: (v.detach().bfloat16().requires_grad_(v.requires_grad)
+                if v.is_floating_point() else v) for k, v in case.items()}
+    as_fp32 = {k: (v.detach().float().requires_grad_(v.requires_grad)
+                   if v.is_floating_point() else v) for k, v in bf16.items()}
+    loss, grads, _ = run(bf16, shapes, "triton")
+    ref_loss, ref_grads, _ = run(as_fp32, shapes, "reference")
+    assert grads[0].dtype == torch.bfloat16 and grads[1].dtype == torch.bfloat16
+    torch.testing.assert_close(loss, ref_loss, atol=1e-4, rtol=1e-3)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g.float(), r, atol=1e-2, rtol=2e-2)
+
+
+@requires_cuda
+def test_triton_is_deterministic():
+    pytest.importorskip("triton")
+    case, shapes = make_case(50, 2000, device="cuda")
+    a, b = run(case, shapes, "triton"), run(case, shapes, "triton")
+    assert torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
