@@ -1,0 +1,34 @@
+"""Evaluations beyond COCO AP: what the IUQ mechanism does to the model (see ``mechanism``)."""
+from .mechanism import (
+    BANK_PREFIXES,
+    EncodedImage,
+    FiringStats,
+    SharpnessStats,
+    bank_ages,
+    bank_feature_drift,
+    coco_mask_ap,
+    confident,
+    encode_image,
+    false_firing,
+    map_for_evaluation,
+    mask_sharpness,
+    read_bank,
+    sample_bank_entries,
+)
+
+__all__ = [
+    "BANK_PREFIXES",
+    "EncodedImage",
+    "FiringStats",
+    "SharpnessStats",
+    "bank_ages",
+    "bank_feature_drift",
+    "coco_mask_ap",
+    "confident",
+    "encode_image",
+    "false_firing",
+    "map_for_evaluation",
+    "mask_sharpness",
+    "read_bank",
+    "sample_bank_entries",
+]

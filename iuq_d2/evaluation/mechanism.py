@@ -1,0 +1,374 @@
+"""Measurements of the mechanism IUQ trains, beside the AP it is judged by.
+
+IUQ claims that a query's dynamic mask head stays silent on the instances of other images
+(inter-scene uniqueness), that masks get sharper, and it relies on a bank of past features
+that are assumed not to go stale. Each is measured here from a model and validation images:
+
+* :func:`false_firing`: the heads of one image's detections applied to the mask features F of
+  other images, at their own position and moved onto each instance of the other image;
+* :func:`mask_sharpness` (and :func:`coco_mask_ap`): mask probability inside vs outside the
+  ground truth of matched detections;
+* :func:`bank_ages` and :func:`bank_feature_drift`: age of the bank's entries and distance of
+  their stored features from F recomputed by the current model.
+
+Images go through the model once (:func:`encode_image`); the functions work on the results.
+"""
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from detectron2.data import transforms as T
+from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import ImageList, Instances, pairwise_iou
+from torch import Tensor
+
+from ..data.mapper import CondInstDatasetMapper
+from ..modeling.condinst import CondInst
+from ..modeling.condinst.dynamic_mask_head import DynamicMaskHead
+
+__all__ = [
+    "BANK_PREFIXES",
+    "EncodedImage",
+    "FiringStats",
+    "SharpnessStats",
+    "bank_ages",
+    "bank_feature_drift",
+    "coco_mask_ap",
+    "confident",
+    "encode_image",
+    "false_firing",
+    "map_for_evaluation",
+    "mask_sharpness",
+    "read_bank",
+    "sample_bank_entries",
+]
+
+# Where checkpoints hold the query bank's buffers: now, and before the criteria existed.
+BANK_PREFIXES = ("inter_scene.bank.", "query_bank.")
+
+
+@dataclass
+class EncodedImage:
+    """One image after a single pass through the model: F, every detection with its mask
+    probabilities, and the ground truth rasterised as CondInst's training targets, so that
+    masks and targets share the stride-MASK_OUT_STRIDE grid of the padded canvas."""
+
+    image_id: int
+    mask_feats: Tensor  # [1, C, H/8, W/8] on the padded canvas
+    detections: Instances  # FCOS fields, mask_head_params, pred_global_masks [D, 1, H', W']
+    gt: Instances  # gt_boxes, gt_classes, gt_bitmasks [G, H', W'] (float 0/1)
+    padded_size: Tuple[int, int]
+    output_size: Tuple[int, int]  # the dataset's (height, width), which COCO evaluates at
+
+
+def map_for_evaluation(
+    mapper: CondInstDatasetMapper, dataset_dict: dict, resize: bool = True
+) -> dict:
+    """The model input of a dataset dict with its ground truth ``instances`` in the same frame.
+
+    A test mapper drops annotations; these measurements need them on the test-time canvas
+    (``resize``, the mapper's test augmentation) or on the original image (no transform).
+    """
+    d = dict(dataset_dict)
+    image = mapper.load_image(d)
+    transforms = T.TransformList([])
+    if resize:
+        image, transforms = mapper.augment(image)
+    d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    d["instances"] = mapper.annotations_to_instances(
+        d.pop("annotations", []), transforms, image.shape[:2])
+    return d
+
+
+def _features(model: CondInst, inputs: dict) -> Tuple[ImageList, Dict[str, Tensor], Tensor]:
+    images = model.preprocess_image([inputs])
+    features = model.backbone(images.tensor)
+    mask_feats, _ = model.mask_branch(features)
+    return images, features, mask_feats
+
+
+@torch.no_grad()
+def encode_image(model: CondInst, inputs: dict) -> EncodedImage:
+    """As ``CondInst.inference`` on a batch of one, keeping F and the ground truth.
+
+    One image per pass: images of different sizes then need no padding to a common canvas,
+    whose extra cells would enter the other images' measurements.
+    """
+    images, features, mask_feats = _features(model, inputs)
+    (det,), _ = model.proposal_generator(images, features, None, model.controller)
+    det.im_inds = torch.zeros_like(det.pred_classes)
+    det.pred_global_masks = model.mask_head(mask_feats, model.mask_branch.out_stride, det).sigmoid()
+    (gt,) = model.prepare_targets([inputs], images)
+    h, w = images.image_sizes[0]
+    return EncodedImage(
+        image_id=inputs.get("image_id", -1),
+        mask_feats=mask_feats,
+        detections=det,
+        gt=gt,
+        padded_size=tuple(images.tensor.shape[-2:]),
+        output_size=(inputs.get("height", h), inputs.get("width", w)),
+    )
+
+
+def confident(detections: Instances, score_thresh: float, max_per_image: int) -> Instances:
+    """The at most ``max_per_image`` best detections scoring at least ``score_thresh``: the
+    ones a user would keep, rather than the low-score tail kept for AP."""
+    kept = detections[detections.scores >= score_thresh]
+    return kept[kept.scores.argsort(descending=True)[:max_per_image]]
+
+
+def _match(detections: Instances, gt: Instances, iou_thresh: float) -> Tensor:
+    """Index of each detection's best-overlapping ground-truth box, -1 below ``iou_thresh``."""
+    if len(gt) == 0 or len(detections) == 0:
+        return torch.full((len(detections),), -1, dtype=torch.int64,
+                          device=detections.scores.device)
+    iou, best = pairwise_iou(detections.pred_boxes, gt.gt_boxes).max(dim=1)
+    return torch.where(iou >= iou_thresh, best, torch.full_like(best, -1))
+
+
+@dataclass
+class FiringStats:
+    """How much heads fire on pixels of instances they do not belong to.
+
+    ``pair_*`` average over (query, other image) pairs the per-pair fraction of the other
+    image's instance pixels with p > 0.5 and their mean p; ``pixel_*`` pool all pixels of all
+    pairs (``num_pixels`` counts a pixel once per query).
+    """
+
+    num_pairs: int
+    num_pixels: int
+    pair_frac_firing: float
+    pair_mean_prob: float
+    pixel_frac_firing: float
+    pixel_mean_prob: float
+
+
+class _FiringTally:
+    def __init__(self):
+        self.frac, self.prob = [], []
+        self.firing = self.prob_sum = self.pixels = 0.0
+
+    def add(self, probs: Tensor, masks: Tensor) -> None:
+        """probs [Q, G, H, W] of Q queries on the G instances' masks [G, H, W]."""
+        pixels = masks.sum()
+        if pixels == 0:
+            return
+        firing = ((probs > 0.5) * masks).sum(dim=(1, 2, 3))
+        prob_sum = (probs * masks).sum(dim=(1, 2, 3))
+        self.frac.append(firing / pixels)
+        self.prob.append(prob_sum / pixels)
+        self.firing += firing.sum().item()
+        self.prob_sum += prob_sum.sum().item()
+        self.pixels += pixels.item() * len(probs)
+
+    def stats(self) -> FiringStats:
+        frac = torch.cat(self.frac) if self.frac else torch.zeros(0)
+        prob = torch.cat(self.prob) if self.prob else torch.zeros(0)
+        pixels = self.pixels or float("nan")
+        return FiringStats(
+            num_pairs=len(frac),
+            num_pixels=int(self.pixels),
+            pair_frac_firing=frac.mean().item(),
+            pair_mean_prob=prob.mean().item(),
+            pixel_frac_firing=self.firing / pixels,
+            pixel_mean_prob=self.prob_sum / pixels,
+        )
+
+
+def _queries(params: Tensor, locations: Tensor, fpn_levels: Tensor) -> Instances:
+    queries = Instances((0, 0))
+    queries.mask_head_params = params
+    queries.locations = locations
+    queries.fpn_levels = fpn_levels
+    queries.im_inds = torch.zeros_like(fpn_levels)
+    return queries
+
+
+@torch.no_grad()
+def false_firing(
+    head: DynamicMaskHead,
+    feat_stride: int,
+    encoded: Sequence[EncodedImage],
+    score_thresh: float = 0.3,
+    max_per_image: int = 10,
+    num_others: int = 29,
+    iou_thresh: float = 0.5,
+) -> Dict[str, FiringStats]:
+    """Inter-scene false firing of the :func:`confident` detections of each image A on the
+    ground-truth instance pixels of the ``num_others`` images that follow A (cyclically).
+
+    ``own_position``: the head exactly as it runs on A (absolute location), on F(B).
+    ``relative``: the head moved onto each instance of B, so that its relative coordinates are
+    those it sees on its own instance: location = centre(B's instance) + location - centre(own),
+    where own is A's ground-truth box it matches (IoU >= ``iou_thresh``), else its own box.
+    (The inter-scene loss's "instance_centered" mode puts the query at the centre itself.)
+    """
+    tallies = {"own_position": _FiringTally(), "relative": _FiringTally()}
+    n = len(encoded)
+    for a, image_a in enumerate(encoded):
+        q = confident(image_a.detections, score_thresh, max_per_image)
+        if len(q) == 0:
+            continue
+        matched = _match(q, image_a.gt, iou_thresh)
+        centres = q.pred_boxes.get_centers()
+        if (matched >= 0).any():
+            gt_centres = image_a.gt.gt_boxes.get_centers()
+            centres[matched >= 0] = gt_centres[matched[matched >= 0]]
+        offsets = q.locations - centres
+        for j in range(min(num_others, n - 1)):
+            image_b = encoded[(a + 1 + j) % n]
+            masks = image_b.gt.gt_bitmasks
+            num_gt = len(masks)
+            if num_gt == 0:
+                continue
+            own = head(image_b.mask_feats, feat_stride,
+                       _queries(q.mask_head_params, q.locations, q.fpn_levels)).sigmoid()
+            tallies["own_position"].add(own.expand(-1, num_gt, -1, -1), masks)
+            moved = image_b.gt.gt_boxes.get_centers()[None] + offsets[:, None]  # [Q, G, 2]
+            rel = head(image_b.mask_feats, feat_stride, _queries(
+                q.mask_head_params.repeat_interleave(num_gt, dim=0), moved.reshape(-1, 2),
+                q.fpn_levels.repeat_interleave(num_gt))).sigmoid()
+            tallies["relative"].add(rel.reshape(len(q), num_gt, *rel.shape[-2:]), masks)
+    return {name: tally.stats() for name, tally in tallies.items()}
+
+
+@dataclass
+class SharpnessStats:
+    """Mean mask probability of matched detections inside their ground-truth box, on the
+    ground-truth mask and off it (averaged over detections where each is non-empty)."""
+
+    num_matched: int
+    num_confident: int
+    mean_prob_inside: float
+    mean_prob_outside: float
+
+
+@torch.no_grad()
+def mask_sharpness(
+    encoded: Sequence[EncodedImage],
+    mask_out_stride: int,
+    score_thresh: float = 0.3,
+    max_per_image: int = 10,
+    iou_thresh: float = 0.5,
+) -> SharpnessStats:
+    """Inside vs outside probability of the :func:`confident` detections whose box matches a
+    ground-truth box (IoU >= ``iou_thresh``), over the stride-``mask_out_stride`` cells whose
+    centre lies in that ground-truth box. A sharp mask has inside near 1 and outside near 0."""
+    inside, outside = [], []
+    num_confident = num_matched = 0
+    for image in encoded:
+        det = confident(image.detections, score_thresh, max_per_image)
+        num_confident += len(det)
+        matched = _match(det, image.gt, iou_thresh)
+        num_matched += int((matched >= 0).sum())
+        h, w = image.gt.gt_bitmasks.shape[-2:]
+        device = image.gt.gt_bitmasks.device
+        xs = torch.arange(w, device=device) * mask_out_stride + mask_out_stride // 2
+        ys = torch.arange(h, device=device) * mask_out_stride + mask_out_stride // 2
+        for d in torch.nonzero(matched >= 0).squeeze(1).tolist():
+            g = matched[d].item()
+            x0, y0, x1, y1 = image.gt.gt_boxes.tensor[g].tolist()
+            in_box = ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None]
+            on_mask = image.gt.gt_bitmasks[g] > 0
+            probs = det.pred_global_masks[d, 0]
+            if (in_box & on_mask).any():
+                inside.append(probs[in_box & on_mask].mean().item())
+            if (in_box & ~on_mask).any():
+                outside.append(probs[in_box & ~on_mask].mean().item())
+    return SharpnessStats(
+        num_matched=num_matched,
+        num_confident=num_confident,
+        mean_prob_inside=float(np.mean(inside)) if inside else float("nan"),
+        mean_prob_outside=float(np.mean(outside)) if outside else float("nan"),
+    )
+
+
+def coco_mask_ap(model: CondInst, dataset_name: str,
+                 encoded: Sequence[EncodedImage]) -> Dict[str, float]:
+    """Mask AP, AP50 and AP75 of all detections (as the model outputs them) on the encoded
+    images only, with detectron2's COCO evaluation."""
+    evaluator = COCOEvaluator(dataset_name, tasks=("segm",), distributed=False)
+    evaluator.reset()
+    for image in encoded:
+        det = image.detections
+        instances = model.postprocess(det, det.pred_global_masks, image.padded_size,
+                                      *image.output_size)
+        evaluator.process([{"image_id": image.image_id}], [{"instances": instances}])
+    segm = evaluator.evaluate(img_ids=[image.image_id for image in encoded])["segm"]
+    return {key: segm[key] for key in ("AP", "AP50", "AP75")}
+
+
+def read_bank(state_dict: Mapping[str, Tensor]) -> Optional[Dict[str, Tensor]]:
+    """The query bank's buffers (feats, positions, image_ids, iters, valid, ...) in a model
+    state_dict, by buffer name; None when it holds no bank (CondInst, stripped checkpoints)."""
+    for prefix in BANK_PREFIXES:
+        bank = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if bank:
+            bank.setdefault("iters", torch.zeros(bank["valid"].shape, dtype=torch.int64))
+            return bank
+    return None
+
+
+def bank_ages(bank: Mapping[str, Tensor], iteration: int) -> Dict[str, float]:
+    """Age (``iteration`` minus the iteration it was written at) of the filled entries."""
+    valid = bank["valid"].bool()
+    ages = (iteration - bank["iters"][valid]).float()
+    empty = len(ages) == 0
+    return {
+        "capacity": len(valid),
+        "num_filled": int(valid.sum()),
+        "iteration": iteration,
+        "age_mean": float("nan") if empty else ages.mean().item(),
+        "age_median": float("nan") if empty else ages.median().item(),
+        "age_max": float("nan") if empty else ages.max().item(),
+    }
+
+
+def sample_bank_entries(bank: Mapping[str, Tensor], image_ids: Sequence[int], num: int,
+                        seed: int = 0) -> Tensor:
+    """Indices of up to ``num`` filled entries from the given images, drawn reproducibly."""
+    known = torch.as_tensor(list(image_ids), dtype=torch.int64)
+    usable = bank["valid"].bool().cpu() & torch.isin(bank["image_ids"].cpu(), known)
+    candidates = torch.nonzero(usable).squeeze(1)
+    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))
+    return candidates[order[:num]].sort().values
+
+
+@torch.no_grad()
+def bank_feature_drift(model: CondInst, bank: Mapping[str, Tensor], indices: Tensor,
+                       inputs_by_id: Mapping[int, dict]) -> Dict[str, float]:
+    """Stored bank features against F recomputed by the current model (eval mode) on the
+    images of ``inputs_by_id``, at the cell holding each entry's stored position.
+
+    The position was recorded on a training view (resized, maybe flipped), so on another view
+    it may point at another cell; ``best_cosine_mean`` (the best match over all cells of the
+    image) bounds the drift from above without depending on where the entry is.
+    """
+    stride = model.mask_branch.out_stride
+    stored, at_position, best_cosine = [], [], []
+    ids = bank["image_ids"][indices].tolist()
+    for image_id in sorted(set(ids)):
+        rows = indices[torch.as_tensor(ids) == image_id]
+        mask_feats = _features(model, inputs_by_id[image_id])[2][0]  # [C, H, W]
+        c, h, w = mask_feats.shape
+        feats = bank["feats"][rows].to(mask_feats)
+        cells = (bank["positions"][rows].to(mask_feats) // stride).long()
+        col, row = cells[:, 0].clamp(0, w - 1), cells[:, 1].clamp(0, h - 1)
+        stored.append(feats)
+        at_position.append(mask_feats[:, row, col].t())
+        all_cells = F.normalize(mask_feats.reshape(c, -1), dim=0)
+        best_cosine.append((F.normalize(feats, dim=1) @ all_cells).max(dim=1).values)
+    if not stored:
+        return {"num_entries": 0}
+    stored, at_position = torch.cat(stored), torch.cat(at_position)
+    return {
+        "num_entries": len(stored),
+        "num_images": len(set(ids)),
+        "l2_mean": (stored - at_position).norm(dim=1).mean().item(),
+        "stored_norm_mean": stored.norm(dim=1).mean().item(),
+        "recomputed_norm_mean": at_position.norm(dim=1).mean().item(),
+        "cosine_mean": F.cosine_similarity(stored, at_position, dim=1).mean().item(),
+        "best_cosine_mean": torch.cat(best_cosine).mean().item(),
+    }

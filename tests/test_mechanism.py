@@ -1,0 +1,158 @@
+"""Mechanism measurements: hand-made heads, masks and banks with known answers, and one pass of
+a tiny model through them."""
+import math
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+
+from iuq_d2.evaluation import (
+    EncodedImage,
+    bank_ages,
+    bank_feature_drift,
+    encode_image,
+    false_firing,
+    mask_sharpness,
+    read_bank,
+    sample_bank_entries,
+)
+from iuq_d2.modeling.condinst.dynamic_mask_head import DynamicMaskHead
+
+from .conftest import make_input, tiny_config
+
+
+def _detections(size, boxes, scores, params, locations):
+    det = Instances(size)
+    det.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    det.scores = torch.tensor(scores, dtype=torch.float32)
+    det.mask_head_params = torch.tensor(params, dtype=torch.float32).reshape(len(scores), 4)
+    det.locations = torch.tensor(locations, dtype=torch.float32).reshape(-1, 2)
+    det.fpn_levels = torch.zeros(len(scores), dtype=torch.int64)
+    return det
+
+
+def _image(image_id, size, feat_value, gt_box, gt_cells, detections):
+    """An encoded image of ``size`` (a multiple of 8) with constant one-channel F and one
+    ground-truth instance covering ``gt_cells`` (rows, cols slices) of the stride-4 grid."""
+    gt = Instances(size)
+    gt.gt_boxes = Boxes(torch.tensor([gt_box], dtype=torch.float32))
+    gt.gt_bitmasks = torch.zeros(1, size[0] // 4, size[1] // 4)
+    gt.gt_bitmasks[(0, *gt_cells)] = 1.0
+    feats = torch.full((1, 1, size[0] // 8, size[1] // 8), float(feat_value))
+    return EncodedImage(image_id, feats, detections, gt, size, size)
+
+
+def _head():
+    """One linear layer on [rel_x, rel_y, F] with sizes of interest 1: the logit is exactly
+    the parameters' weighted sum, relative coordinates in pixels."""
+    return DynamicMaskHead(in_channels=1, channels=8, num_layers=1, disable_rel_coords=False,
+                           sizes_of_interest=[1] * 5, mask_out_stride=4)
+
+
+def _two_images(params_a, feat_b):
+    """A (32 x 32, one instance at (0, 0, 20, 20) and its detection at (9, 10), one pixel left of
+    its centre, plus a low-score one) and B (64 x 64, one instance on stride-4 cells 4..11,
+    box (16, 16, 48, 48), centre (32, 32); no detections)."""
+    det_a = _detections((32, 32), [[0, 0, 20, 20], [0, 0, 20, 20]], [0.9, 0.1],
+                        [params_a, [0.0, 0.0, 0.0, 100.0]], [[9, 10], [9, 10]])
+    image_a = _image(1, (32, 32), 0.0, [0, 0, 20, 20], (slice(0, 5), slice(0, 5)), det_a)
+    det_b = _detections((64, 64), [], [], [], [])
+    image_b = _image(2, (64, 64), feat_b, [16, 16, 48, 48], (slice(4, 12), slice(4, 12)), det_b)
+    return [image_a, image_b]
+
+
+def test_false_firing_follows_the_placement():
+    # logit = p_x - q_x: fires right of the query. At (9, 10) the query is left of all of B's
+    # instance; moved to B's centre + (-1, 0) = (31, 32), it fires on the right 4 of 8 columns.
+    stats = false_firing(_head(), 8, _two_images([-1.0, 0.0, 0.0, 0.0], 0.0), num_others=1)
+    own, rel = stats["own_position"], stats["relative"]
+    assert own.num_pairs == rel.num_pairs == 1  # the 0.1-score detection is not a query
+    assert own.num_pixels == rel.num_pixels == 64
+    assert own.pair_frac_firing == own.pixel_frac_firing == 1.0
+    assert rel.pair_frac_firing == rel.pixel_frac_firing == 0.5
+
+
+@pytest.mark.parametrize("feat", [2.0, -2.0])
+def test_false_firing_of_a_head_reading_f(feat):
+    stats = false_firing(_head(), 8, _two_images([0.0, 0.0, 1.0, 0.0], feat), num_others=1)
+    for s in stats.values():
+        assert s.pair_frac_firing == s.pixel_frac_firing == (1.0 if feat > 0 else 0.0)
+        assert s.pair_mean_prob == pytest.approx(1 / (1 + math.exp(-feat)))
+        assert s.pixel_mean_prob == pytest.approx(1 / (1 + math.exp(-feat)))
+
+
+def test_mask_sharpness_inside_and_outside_the_matched_box():
+    # Box (8, 8, 24, 24) covers stride-4 cells 2..5; the mask is its left half.
+    det = _detections((32, 32), [[8, 8, 24, 24], [0, 28, 4, 32]], [0.9, 0.8],
+                      [[0.0] * 4, [0.0] * 4], [[16, 16], [2, 30]])
+    det.pred_global_masks = torch.full((2, 1, 8, 8), 0.2)
+    det.pred_global_masks[:, 0, 2:6, 2:4] = 0.9
+    image = _image(1, (32, 32), 0.0, [8, 8, 24, 24], (slice(2, 6), slice(2, 4)), det)
+    stats = mask_sharpness([image], mask_out_stride=4)
+    assert (stats.num_confident, stats.num_matched) == (2, 1)
+    assert stats.mean_prob_inside == pytest.approx(0.9)
+    assert stats.mean_prob_outside == pytest.approx(0.2)
+
+
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(0)
+    # Every location scores above 0, so that an untrained model has detections.
+    model = build_model(tiny_config(**{"MODEL.FCOS.INFERENCE_TH_TEST": 0.0}))
+    return model.eval()
+
+
+def test_tiny_model_end_to_end(tiny_model):
+    # Wider than 128 pixels: at 128 the stride-128 level is one cell, on which GroupNorm fails.
+    inputs = [make_input(96, 136, [[8, 8, 40, 32], [44, 20, 76, 60]], [0, 1], seed=1),
+              make_input(100, 144, [[10, 30, 50, 70]], [2], seed=2),
+              make_input(132, 96, [[4, 4, 28, 28]], [1], seed=3)]
+    encoded = [encode_image(tiny_model, x) for x in inputs]
+    for image in encoded:
+        assert image.gt.gt_bitmasks.shape[-2:] == image.detections.pred_global_masks.shape[-2:]
+    stats = false_firing(tiny_model.mask_head, tiny_model.mask_branch.out_stride, encoded,
+                         score_thresh=0.0, max_per_image=4, num_others=2)
+    for s in stats.values():
+        assert s.num_pairs == 3 * 2 * 4
+        for value in (s.pair_frac_firing, s.pair_mean_prob, s.pixel_frac_firing, s.pixel_mean_prob):
+            assert 0.0 <= value <= 1.0
+    sharp = mask_sharpness(encoded, tiny_model.mask_head.mask_out_stride, score_thresh=0.0)
+    assert sharp.num_confident == 3 * 10
+
+
+def _bank(feats, positions, image_ids, iters, valid):
+    return {"feats": feats, "positions": torch.tensor(positions, dtype=torch.float32),
+            "image_ids": torch.tensor(image_ids), "iters": torch.tensor(iters),
+            "valid": torch.tensor(valid), "ptr": torch.tensor(len(valid) - 1)}
+
+
+def test_bank_ages_count_filled_entries_only():
+    bank = _bank(torch.zeros(4, 2), [[0, 0]] * 4, [1, 1, 2, -1], [10, 50, 90, 0],
+                 [True, True, True, False])
+    ages = bank_ages(bank, iteration=100)
+    assert (ages["num_filled"], ages["capacity"]) == (3, 4)
+    assert (ages["age_mean"], ages["age_median"], ages["age_max"]) == (50.0, 50.0, 90.0)
+    assert sample_bank_entries(bank, [2, 7], num=5).tolist() == [2]
+    assert sorted(sample_bank_entries(bank, [1, 2], num=2).tolist()) in ([0, 1], [0, 2], [1, 2])
+
+
+def test_read_bank_maps_both_prefixes():
+    old = {"query_bank.feats": torch.zeros(2, 3), "query_bank.valid": torch.ones(2),
+           "backbone.w": torch.zeros(1)}
+    assert sorted(read_bank(old)) == ["feats", "iters", "valid"]
+    assert read_bank({"inter_scene.bank.valid": torch.ones(2)})["valid"].tolist() == [1, 1]
+    assert read_bank({"backbone.w": torch.zeros(1)}) is None
+
+
+def test_bank_feature_drift_of_the_current_features(tiny_model):
+    # Entries written by this model at cell (row 2, col 3): one as computed, one doubled.
+    x = make_input(96, 136, [[8, 8, 40, 32]], [0], seed=5)
+    f = encode_image(tiny_model, x).mask_feats[0, :, 2, 3]
+    stored = torch.stack([f, 2 * f, torch.ones_like(f)])
+    bank = _bank(stored, [[28, 20], [28, 20], [0, 0]], [5, 5, 6], [0, 0, 0], [True] * 3)
+    drift = bank_feature_drift(tiny_model, bank, sample_bank_entries(bank, [5], 10), {5: x})
+    assert (drift["num_entries"], drift["num_images"]) == (2, 1)
+    assert drift["l2_mean"] == pytest.approx(f.norm().item() / 2, rel=1e-4)
+    assert drift["cosine_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert drift["best_cosine_mean"] == pytest.approx(1.0, abs=1e-5)
