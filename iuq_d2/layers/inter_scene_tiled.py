@@ -90,16 +90,26 @@ class TiledInterSceneLoss(torch.autograd.Function):
         w0_flat = weights[0].reshape(num_q * hidden, c_in)
         b0_col = biases[0].reshape(-1, 1)
         step = chunk if num_q else max(num_n, 1)  # no query: nothing to evaluate
+        # One workspace reused by every chunk (out= / in-place ops): fresh [Q, hidden, T]
+        # tensors per chunk cost more in first-touch page faults than the math itself.
+        widths = [w.shape[1] for w in weights]
+        slots = num_layers + 1  # hidden activations, logits, two gradient buffers
+        workspace = x_all.new_empty(slots, num_q * max(widths) * min(step, max(num_n, 1)))
+
+        def buffer(slot: int, rows: int, t: int) -> Tensor:
+            return workspace[slot, :num_q * rows * t].view(num_q, rows, t)
+
         for start in range(0, num_n if num_q else 0, step):
             x_in = x_all[start:start + step]
             t = x_in.shape[0]
             # Forward, keeping only the post-ReLU activations (ReLU' = [act > 0]).
             acts: List[Tensor] = []
-            x = torch.addmm(b0_col, w0_flat, x_in.t()).view(num_q, hidden, t)
-            for w, b in zip(weights[1:], biases[1:]):
-                x = x.relu_()
-                acts.append(x)
-                x = torch.baddbmm(b[:, :, None], w, x)
+            x = buffer(0, hidden, t)
+            torch.addmm(b0_col, w0_flat, x_in.t(), out=x.view(num_q * hidden, t))
+            for layer in range(1, num_layers):
+                acts.append(x.relu_())
+                out = buffer(layer, widths[layer], t) if layer < num_layers - 1 else None
+                x = torch.baddbmm(biases[layer][:, :, None], weights[layer], x, out=out)
             loss, grad, prob = focal_and_grad(x[:, 0, :], alpha, gamma)
             valid = query_images[:, None] != pixel_images[None, start:start + t]
             pair_w = (qw[:, None] * pw[None, start:start + t]).masked_fill_(~valid, 0.0)
@@ -111,14 +121,17 @@ class TiledInterSceneLoss(torch.autograd.Function):
                 act, w = acts[layer - 1], weights[layer]
                 d_weights[layer - 1].baddbmm_(g, act.transpose(1, 2))
                 d_biases[layer] += g.sum(2)
-                # The last layer has one output: its backward is an outer product, not a GEMM.
-                g = w.transpose(1, 2) * g if w.shape[1] == 1 else torch.bmm(w.transpose(1, 2), g)
-                g = torch.ops.aten.threshold_backward(g, act, 0)
+                out = buffer(num_layers - 1 + layer % 2, w.shape[2], t)
+                if w.shape[1] == 1:  # one output: the backward is an outer product, not a GEMM
+                    g = torch.mul(w.transpose(1, 2), g, out=out)
+                else:
+                    g = torch.bmm(w.transpose(1, 2), g, out=out)
+                torch.ops.aten.threshold_backward.grad_input(g, act, 0, grad_input=g)
             g_flat = g.reshape(num_q * hidden, t)
             d_w0_t.addmm_(x_in.t(), g_flat.t())
             d_biases[0] += g.sum(2)
             if need_inputs:
-                d_inputs[start:start + t] = g_flat.t().mm(w0_flat)
+                torch.mm(g_flat.t(), w0_flat, out=d_inputs[start:start + t])
         d_weights.insert(0, d_w0_t.t().reshape(num_q, hidden, c_in))
 
         ctx.layer_dtypes = [t.dtype for t in layers]

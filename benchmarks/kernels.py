@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Inter-scene focal loss implementations: forward+backward time and peak memory.
+
+    python benchmarks/kernels.py                       # Q in {200, 500}, N in {1k..16k}
+    python benchmarks/kernels.py --queries 200 --entries 1024 8192 --repeats 3
+
+Each (impl, Q, N) runs in its own subprocess, with ``torch.set_num_threads(1)`` on CPU, so
+that timings do not depend on the machine's free cores and peaks do not leak between configs.
+Peak memory: on CPU the rise of the process's peak resident set size (``ru_maxrss``) over its
+value just before the first call (inputs already built), i.e. everything the call allocates,
+transient chunks included; on CUDA ``torch.cuda.max_memory_allocated`` over the same baseline.
+Writes a markdown table to stdout and JSON to benchmarks/results/kernels_<device>.json.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def worker(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> dict:
+    from iuq_d2.layers import dynamic_layer_shapes
+    from iuq_d2.layers.inter_scene import inter_scene_focal_loss
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    shapes = dynamic_layer_shapes(10, 8, 3)
+    params = torch.randn(num_q, sum(o * i + o for o, i in shapes), device=dev) * 0.3
+    params.requires_grad_(True)
+    feats = torch.randn(num_n, 8, device=dev, requires_grad=True)
+    args = (torch.randn(num_q, 2, device=dev) * 100, torch.full((num_q,), 128.0, device=dev),
+            torch.randint(0, 8, (num_q,), device=dev), feats,
+            torch.randn(num_n, 2, device=dev) * 100, torch.randint(0, 64, (num_n,), device=dev))
+
+    def step() -> None:
+        loss, _ = inter_scene_focal_loss(params, *args, shapes, impl=impl)
+        loss.backward()
+        params.grad = feats.grad = None
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    if dev.type == "cuda":
+        sync()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    step()  # warm-up (allocator, triton compile); also the memory measurement
+    sync()
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    ms = 1000 * statistics.median(times)
+    return {"impl": impl, "queries": num_q, "entries": num_n, "median_ms": ms,
+            "ns_per_pair": 1e6 * ms / (num_q * num_n), "peak_mem_mb": peak / 2**20}
+
+
+def run_config(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, str(num_q), str(num_n),
+           "--repeats", str(repeats), "--device", device]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def summarize(rows: list) -> dict:
+    """The targets: speed-up and flatness at Q=200, memory ratio at Q=500 N=16384."""
+    def get(impl, q, n):
+        return next((r for r in rows if (r["impl"], r["queries"], r["entries"]) == (impl, q, n)),
+                    None)
+    out = {}
+    fast = "triton" if any(r["impl"] == "triton" for r in rows) else "tiled"
+    ref, new = get("reference", 200, 8192), get(fast, 200, 8192)
+    if ref and new:
+        out["speedup_q200_n8192"] = ref["median_ms"] / new["median_ms"]
+    flat = [r["ns_per_pair"] for r in rows if r["impl"] == fast and r["queries"] == 200]
+    if len(flat) > 1:
+        out["ns_per_pair_spread_q200"] = max(flat) / min(flat) - 1
+    ref, new = get("reference", 500, 16384), get(fast, 500, 16384)
+    if ref and new:
+        out["memory_ratio_q500_n16384"] = ref["peak_mem_mb"] / max(new["peak_mem_mb"], 1e-3)
+    return {"fast_impl": fast, **out}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=3, metavar=("IMPL", "Q", "N"))
+    parser.add_argument("--queries", type=int, nargs="+", default=[200, 500])
+    parser.add_argument("--entries", type=int, nargs="+", default=[1024, 4096, 8192, 16384])
+    parser.add_argument("--impls", nargs="+", default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    if args.worker:
+        impl, q, n = args.worker
+        print(json.dumps(worker(impl, int(q), int(n), args.repeats, args.device)))
+        return
+
+    impls = args.impls or (["reference", "tiled"] + (["triton"] if args.device == "cuda" else []))
+    rows = [run_config(impl, q, n, args.repeats, args.device)
+            for q in args.queries for n in args.entries for impl in impls]
+    if args.device == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        name = f"{platform.processor() or platform.machine()} (1 thread)"
+    print(f"inter_scene_focal_loss forward+backward on {name}, torch {torch.__version__}\n")
+    print("| impl | Q | N | ms | ns/pair | peak MB |\n|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['impl']} | {r['queries']} | {r['entries']} | {r['median_ms']:.1f} | "
+              f"{r['ns_per_pair']:.1f} | {r['peak_mem_mb']:.1f} |")
+    summary = summarize(rows)
+    print("\n" + "\n".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}"
+                           for k, v in summary.items()))
+    out = args.out or os.path.join(REPO, "benchmarks", "results", f"kernels_{args.device}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"device": name, "torch": torch.__version__, "threads": 1
+                   if args.device == "cpu" else None, "peak_memory": "ru_maxrss rise (CPU) / "
+                   "max_memory_allocated rise (CUDA) over the pre-call value",
+                   "rows": rows, "summary": summary}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
