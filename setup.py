@@ -88,7 +88,7 @@ setup(
         "shapely",  # detectron2 crops polygon masks with it (equivariance views, INPUT.CROP)
     ],
     extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": ["iuq_d2-slurm = iuq_d2.engine.slurm:main"]},
+    entry_points={"console_scripts": ["iuq_d2-slurm = iuq_d2.engine.slurm.submit:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

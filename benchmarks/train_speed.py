@@ -41,11 +41,9 @@ def measure(args) -> dict:
     from detectron2.utils.events import EventStorage
 
     from iuq_d2.engine import Trainer
-    from iuq_d2.engine.launch import get_config
+    from iuq_d2.engine.config_loader import load_config
 
-    cfg = get_config()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts + VARIANTS[args.variant])
+    cfg = load_config(args.config_file, args.opts + VARIANTS[args.variant], freeze=False)
     cfg.DATALOADER.NUM_WORKERS = 0
     if args.device:
         cfg.MODEL.DEVICE = args.device

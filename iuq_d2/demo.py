@@ -13,10 +13,10 @@ import os
 import time
 from typing import Dict, List, Optional
 
-from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 
-from .engine.launch import build_argument_parser, get_config, main as train_main
+from .engine.config_loader import load_config
+from .engine.entry import build_argument_parser, main as train_main
 from .visualize import build_predictor, visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +31,7 @@ def run(name: str, opts: List[str], num_vis: int) -> Dict[str, float]:
     if not os.path.exists(config):
         raise FileNotFoundError(f"{config} not found: run the demo from a source checkout of iuq_d2")
     args = build_argument_parser().parse_args(["--config-file", config, *opts])
-    cfg = _config(args)
+    cfg = load_config(args.config_file, args.opts)
     start = time.perf_counter()
     train_main(args)
     minutes = (time.perf_counter() - start) / 60
@@ -43,13 +43,6 @@ def run(name: str, opts: List[str], num_vis: int) -> Dict[str, float]:
     visualize(predictor, files, os.path.join(cfg.OUTPUT_DIR, "vis"), dataset)
     return {"segm AP": final.get("segm/AP", float("nan")), "bbox AP": final.get("bbox/AP", float("nan")),
             "iterations": cfg.SOLVER.MAX_ITER, "minutes": minutes, "output": cfg.OUTPUT_DIR}
-
-
-def _config(args: argparse.Namespace) -> CfgNode:
-    cfg = get_config()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    return cfg
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:

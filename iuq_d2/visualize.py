@@ -15,20 +15,13 @@ from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from .engine.launch import get_config
+from .engine.config_loader import load_config
 
 
 def build_predictor(config_file: str, weights: str, score_threshold: float, opts: List[str]) -> DefaultPredictor:
-    cfg = get_config()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_config(config_file, opts, freeze=False)
     cfg.MODEL.WEIGHTS = weights
     cfg.MODEL.FCOS.INFERENCE_TH_TEST = score_threshold
-    if cfg.MODEL.DEVICE.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return DefaultPredictor(cfg)
 

@@ -14,7 +14,7 @@ REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from iuq_d2.engine.slurm import main  # noqa: E402
+from iuq_d2.engine.slurm.submit import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from detectron2.structures import Boxes, Instances, PolygonMasks
 
-from iuq_d2.engine.launch import get_config
+from iuq_d2.engine.config_loader import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "Demo", "shapes_CondInst.yaml")
@@ -24,8 +24,7 @@ def set_keys(cfg, overrides):
 
 def tiny_config(**overrides):
     """The demo config shrunk further, for model tests that need a fast forward/backward."""
-    cfg = get_config()
-    cfg.merge_from_file(DEMO_CONFIG)
+    cfg = load_config(DEMO_CONFIG, freeze=False)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.FPN.OUT_CHANNELS = 32
     cfg.MODEL.CONDINST.MASK_BRANCH.CHANNELS = 16

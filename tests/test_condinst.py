@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-from iuq_d2.engine.launch import get_config
+from iuq_d2.engine.config_loader import get_config, load_config
 from iuq_d2.layers import aligned_bilinear, dice_loss, dynamic_mlp, parse_dynamic_params
 from iuq_d2.modeling.fcos.targets import compute_locations
 
@@ -41,8 +41,8 @@ def _our_table(cfg):
     ("adelaidet_condinst_R50_sem_state_dict.tsv", True),
 ])
 def test_state_dict_matches_adelaidet(listing, semantic):
-    cfg = get_config()
-    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "..", "configs", "CondInst", "MS_R_50_1x.yaml"))
+    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "CondInst", "MS_R_50_1x.yaml"),
+                      freeze=False)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON = semantic

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from iuq_d2.engine.slurm import (
+from iuq_d2.engine.cpu_threads import threads_per_process
+from iuq_d2.engine.slurm.node import SlurmTrainJob
+from iuq_d2.engine.slurm.rendezvous import (
     PORT_BASE,
     PORT_SPAN,
     Rendezvous,
-    SlurmTrainJob,
     default_port,
     expand_hostlist,
-    main,
     rendezvous,
-    threads_per_process,
 )
+from iuq_d2.engine.slurm.submit import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -222,3 +222,8 @@ def test_cpu_nodes_default_to_one_process_and_keep_explicit_num_gpus(capsys):
 )
 def test_threads_per_process(cpus, processes, threads):
     assert threads_per_process(cpus, processes) == threads
+
+
+def test_threads_per_process_leaves_the_loader_workers_their_cores():
+    assert threads_per_process(32, 2, num_workers=4) == 12
+    assert threads_per_process(2, 1, num_workers=2) == 1

@@ -11,7 +11,7 @@ import torch
 
 from iuq_d2.data import ensure_shapes
 from iuq_d2.engine import Trainer
-from iuq_d2.engine.launch import build_argument_parser, main, run, setup
+from iuq_d2.engine.entry import build_argument_parser, main, run, setup
 from iuq_d2.visualize import main as visualize_main
 
 from .conftest import DEMO_CONFIG, REPO

@@ -1,0 +1,46 @@
+"""The one way iuq_d2's entry points turn a config file and overrides into a config."""
+import logging
+from typing import Optional, Sequence
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+
+from ..config import add_condinst_config, add_iuq_config
+from ..data import check_num_classes, register_custom_coco
+
+logger = logging.getLogger(__name__)
+
+
+def get_config() -> CfgNode:
+    """detectron2's defaults plus every key iuq_d2 reads; nothing merged, nothing checked."""
+    cfg = get_cfg()
+    add_condinst_config(cfg)
+    add_iuq_config(cfg)
+    return cfg
+
+
+def load_config(
+    config_file: Optional[str], opts: Sequence[str] = (), freeze: bool = True
+) -> CfgNode:
+    """:func:`get_config` with ``config_file`` and then ``opts`` (``KEY VALUE ...``) merged.
+
+    Also what every run needs before a model or loader is built, so that training, evaluation,
+    the demo and the benchmarks agree: a CUDA config falls back to the CPU on a machine without
+    CUDA (configs name ``cuda`` and tests, demos and CI run on CPUs), AMP on the CPU is refused,
+    DATASETS.CUSTOM_COCO is registered and MODEL.FCOS.NUM_CLASSES is checked against the
+    datasets, so that a mismatch fails here rather than mid-training.
+    """
+    cfg = get_config()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if torch.device(cfg.MODEL.DEVICE).type == "cuda" and not torch.cuda.is_available():
+        logger.warning(f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but CUDA is not available: using cpu")
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+        raise ValueError("SOLVER.AMP.ENABLED True needs a CUDA device; this run is on the CPU")
+    register_custom_coco(cfg)
+    check_num_classes(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg
