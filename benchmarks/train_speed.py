@@ -22,15 +22,15 @@ import subprocess
 import sys
 import time
 
+# IUQCondInst with the mapper that makes the equivariance views.
+IUQ_VIEWS = ["MODEL.META_ARCHITECTURE", "IUQCondInst", "INPUT.DATASET_MAPPER_NAME", "iuq"]
 # Config overrides of each variant, applied after the config file and --opts.
 VARIANTS = {
     "condinst": ["MODEL.META_ARCHITECTURE", "CondInst"],
     "bank": ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED", "False"],
-    "equi_paired": ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.INTER.ENABLED", "False",
-                    "MODEL.IUQ.EQUI.MODE", "paired"],
-    "equi_extra": ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.INTER.ENABLED", "False",
-                   "MODEL.IUQ.EQUI.MODE", "extra"],
-    "full": ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.MODE", "paired"],
+    "equi_paired": [*IUQ_VIEWS, "MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "paired"],
+    "equi_extra": [*IUQ_VIEWS, "MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "extra"],
+    "full": [*IUQ_VIEWS, "MODEL.IUQ.EQUI.MODE", "paired"],
 }
 
 

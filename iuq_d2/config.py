@@ -152,9 +152,10 @@ def add_iuq_config(cfg: CN) -> None:
     # size or the entries per iteration, where a bank size would not.
     _C.MODEL.IUQ.INTER.MAX_AGE_ITERS = -1
     # At most this many of the current global batch's instance pixels are evaluated as
-    # negatives per step (a random subset; all of them still enter the bank), so that crowded
-    # images do not multiply the cost. -1: all.
-    _C.MODEL.IUQ.INTER.MAX_BATCH_ENTRIES = -1
+    # negatives per step (a random subset; all of them still enter the bank), so that the pairs
+    # per step stay bounded on crowded images (tens of instances x 50 pixels x every image of
+    # the global batch). -1: all.
+    _C.MODEL.IUQ.INTER.MAX_BATCH_ENTRIES = 2048
     # Keep this process's in-batch instance pixels attached to the mask branch, so that the
     # representation is also trained to separate instances of different images (the bank and
     # other processes' pixels are constants).

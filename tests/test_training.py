@@ -78,7 +78,8 @@ def test_instant_training_loss_goes_down_and_eval_only_reproduces_it(tmp_path, s
 def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path, small_shapes):
     out = tmp_path / "run"
     extra = ("SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "6", "SOLVER.STEPS", "(8,)",
-             "TEST.EVAL_PERIOD", "0", "MODEL.META_ARCHITECTURE", "IUQCondInst")
+             "TEST.EVAL_PERIOD", "0", "MODEL.META_ARCHITECTURE", "IUQCondInst",
+             "INPUT.DATASET_MAPPER_NAME", "iuq")
     main(_args(out, small_shapes, *extra, "DATASETS.TEST", "()"))
     saved = torch.load(out / "model_0000005.pth", weights_only=False)
     # Pretend the run died after the checkpoint of iteration 5.
@@ -94,7 +95,7 @@ def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path, small_shape
     model = trainer.model
     for key, value in saved["model"].items():
         assert torch.equal(model.state_dict()[key], value), key
-    assert saved["model"]["query_bank.valid"].any()
+    assert saved["model"]["inter_scene.bank.valid"].any()
     opt_state = trainer.optimizer.state_dict()["state"]
     for index, state in saved["trainer"]["_trainer"]["optimizer"]["state"].items():
         for name, value in state.items():  # AdamW's step, exp_avg and exp_avg_sq
@@ -108,7 +109,8 @@ def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path, small_shape
 def test_two_cpu_processes_train_with_gloo(tmp_path, small_shapes):
     out = tmp_path / "ddp"
     args = _args(out, small_shapes, "SOLVER.MAX_ITER", "6", "TEST.EVAL_PERIOD", "0",
-                 "MODEL.META_ARCHITECTURE", "IUQCondInst", "DATASETS.TEST", "()")
+                 "MODEL.META_ARCHITECTURE", "IUQCondInst", "INPUT.DATASET_MAPPER_NAME", "iuq",
+                 "DATASETS.TEST", "()")
     args.num_gpus = 2
     run(args)
     assert os.path.exists(out / "model_final.pth")
