@@ -1,4 +1,4 @@
-# Developer entry points: make install | test | demo | bench | clean | distclean
+# Developer entry points: make install | test | lint | demo | bench | clean | distclean
 #
 # By default everything is installed into a virtual environment in $(VENV) (.venv), created with
 # $(PYTHON). Users who already have detectron2 in an environment (e.g. a CUDA build in a conda env
@@ -25,7 +25,7 @@ PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.iuq_d2-installed
 endif
 
-.PHONY: install demo test bench clean distclean
+.PHONY: install demo test lint bench clean distclean
 
 install: $(STAMP)
 
@@ -37,7 +37,6 @@ $(STAMP): | $(VENV)/bin/python
 endif
 
 # scripts/install_detectron2.py keeps an importable detectron2 and installs one otherwise.
-# --no-build-isolation lets setup.py see the env's torch when it builds an extension.
 # The editable install maps the package only once iuq_d2/__init__.py exists: redo it then.
 $(STAMP): setup.py scripts/install_detectron2.py Makefile $(wildcard iuq_d2/__init__.py)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
@@ -53,11 +52,16 @@ test: install
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra $(PYTEST_ARGS) tests/triton_interp
 
+# The formatter and linter configured in ruff.toml.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
 bench: install
 	$(PY) benchmarks/train_speed.py
 
 clean:
-	rm -rf build dist .eggs .pytest_cache *.egg-info iuq_d2/_C*.so
+	rm -rf build dist .eggs .pytest_cache .ruff_cache *.egg-info
 	find . -path ./.git -prune -o $(if $(strip $(VENV)),-path ./$(VENV) -prune -o) \
 		-name __pycache__ -type d -prune -exec rm -rf {} +
 
