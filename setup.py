@@ -4,6 +4,7 @@ detectron2 is deliberately absent from ``install_requires``: it is not published
 could not resolve it. ``scripts/install_detectron2.py`` (run by ``make install``) provides it, or
 keeps the one a user already has (e.g. a CUDA build on a cluster).
 """
+
 import os
 
 from setuptools import find_packages, setup

@@ -10,6 +10,7 @@ gets one core). A run whose OUTPUT_DIR already holds its final metrics is not re
 interrupted ablation continues where it stopped. Prints a markdown table of the mean and sample
 standard deviation of segm and bbox AP per variant, and the AP of each seed, and writes JSON.
 """
+
 import argparse
 import json
 import os
@@ -30,7 +31,12 @@ INSTANCE_CENTERED = ["MODEL.IUQ.INTER.COORDS", "instance_centered"]
 FRESH = ["MODEL.IUQ.INTER.MAX_AGE_ITERS", "20"]
 # With the cap at 2048 in-batch pixels evaluated per step (it never binds on shapes: at most
 # 8 objects x 50 pixels x 4 images).
-ENTRY_GRAD = ["MODEL.IUQ.INTER.BATCH_ENTRY_GRAD", "True", "MODEL.IUQ.INTER.MAX_BATCH_ENTRIES", "2048"]
+ENTRY_GRAD = [
+    "MODEL.IUQ.INTER.BATCH_ENTRY_GRAD",
+    "True",
+    "MODEL.IUQ.INTER.MAX_BATCH_ENTRIES",
+    "2048",
+]
 PER_IMAGE = ["MODEL.IUQ.INTER.NORMALIZATION", "query_image"]
 # Embedded datasets: (train, val, number of classes).
 DATASETS = {"shapes": ("shapes_train", "shapes_val", 4), "cells": ("cells_train", "cells_val", 2)}
@@ -39,7 +45,12 @@ DATASETS = {"shapes": ("shapes_train", "shapes_val", 4), "cells": ("cells_train"
 def equi_weights(query: float, feat: float):
     """Equivariance loss weights, pinned so that a variant keeps meaning what it was run with
     when the defaults change (the recorded equivariance runs used query 3, feat 1)."""
-    return ["MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT", str(query), "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT", str(feat)]
+    return [
+        "MODEL.IUQ.EQUI.QUERY_LOSS_WEIGHT",
+        str(query),
+        "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT",
+        str(feat),
+    ]
 
 
 VARIANTS = {
@@ -51,9 +62,13 @@ VARIANTS = {
     # equivariance); the paired views without their losses (what halving the distinct images per
     # step costs) and with a lighter query term only.
     "+bank (instance_centered)": IUQ + NO_EQUI + INSTANCE_CENTERED,
-    "+bank (instance_centered, weight 0.25)": IUQ + NO_EQUI + INSTANCE_CENTERED
+    "+bank (instance_centered, weight 0.25)": IUQ
+    + NO_EQUI
+    + INSTANCE_CENTERED
     + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
-    "+bank +equivariance (instance_centered)": IUQ_VIEWS + INSTANCE_CENTERED + equi_weights(3.0, 1.0),
+    "+bank +equivariance (instance_centered)": IUQ_VIEWS
+    + INSTANCE_CENTERED
+    + equi_weights(3.0, 1.0),
     "views only": IUQ_VIEWS + NO_BANK + equi_weights(0.0, 0.0),
     "+equivariance (query 1, feat 0)": IUQ_VIEWS + NO_BANK + equi_weights(1.0, 0.0),
     # The views on top of IMS_PER_BATCH originals: as many distinct images as CondInst sees,
@@ -63,7 +78,12 @@ VARIANTS = {
     "+equivariance (extra, query 1, feat 0)": IUQ_VIEWS + NO_BANK + EXTRA + equi_weights(1.0, 0.0),
     "+equivariance (extra, query 0, feat 1)": IUQ_VIEWS + NO_BANK + EXTRA + equi_weights(0.0, 1.0),
     # What "paired" does to the originals: CondInst with as many dataset images per step.
-    "CondInst (IMS_PER_BATCH 2)": ["MODEL.META_ARCHITECTURE", "CondInst", "SOLVER.IMS_PER_BATCH", "2"],
+    "CondInst (IMS_PER_BATCH 2)": [
+        "MODEL.META_ARCHITECTURE",
+        "CondInst",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+    ],
     # The method issue's hypotheses, one change at a time and together: negatives at most 20
     # iterations old; in-batch pixels of the other images attached to the mask branch; the
     # paper's per-query, per-image normalisation.
@@ -86,8 +106,14 @@ def final_metrics(output_dir: str):
 
 def dataset_opts(dataset: str):
     train, val, num_classes = DATASETS[dataset]
-    return ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{val}',)",
-            "MODEL.FCOS.NUM_CLASSES", str(num_classes)]
+    return [
+        "DATASETS.TRAIN",
+        f"('{train}',)",
+        "DATASETS.TEST",
+        f"('{val}',)",
+        "MODEL.FCOS.NUM_CLASSES",
+        str(num_classes),
+    ]
 
 
 def run(variant: str, seed: int, root: str, dataset: str, opts) -> dict:
@@ -95,16 +121,35 @@ def run(variant: str, seed: int, root: str, dataset: str, opts) -> dict:
     output_dir = os.path.join(root, dataset, f"{slug}_seed{seed}")
     if final_metrics(output_dir) is None:
         os.makedirs(os.path.dirname(output_dir), exist_ok=True)
-        cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--config-file", CONFIG,
-               *VARIANTS[variant], *dataset_opts(dataset), "SEED", str(seed),
-               "OUTPUT_DIR", output_dir, "DATALOADER.NUM_WORKERS", "0", *opts]
+        cmd = [
+            sys.executable,
+            os.path.join(REPO, "train_net.py"),
+            "--config-file",
+            CONFIG,
+            *VARIANTS[variant],
+            *dataset_opts(dataset),
+            "SEED",
+            str(seed),
+            "OUTPUT_DIR",
+            output_dir,
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            *opts,
+        ]
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         with open(output_dir + ".log", "w") as log:
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
     m = final_metrics(output_dir)
-    return {"variant": variant, "seed": seed, "segm_AP": m["segm/AP"], "bbox_AP": m["bbox/AP"],
-            "segm_AP50": m["segm/AP50"], "segm_AP75": m["segm/AP75"], "segm_APs": m["segm/APs"],
-            "output_dir": os.path.relpath(output_dir, REPO)}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "segm_AP": m["segm/AP"],
+        "bbox_AP": m["bbox/AP"],
+        "segm_AP50": m["segm/AP50"],
+        "segm_AP75": m["segm/AP75"],
+        "segm_APs": m["segm/APs"],
+        "output_dir": os.path.relpath(output_dir, REPO),
+    }
 
 
 def main() -> None:
@@ -131,19 +176,32 @@ def main() -> None:
         stats = {}
         for key in ("segm_AP", "bbox_AP", "segm_AP50", "segm_AP75", "segm_APs"):
             values = [r[key] for r in mine]
-            stats[key] = {"mean": statistics.mean(values),
-                          "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+            stats[key] = {
+                "mean": statistics.mean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            }
         summary[variant] = stats
-        cells = [f"{stats[k]['mean']:.1f} ± {stats[k]['std']:.1f}"
-                 for k in ("segm_AP", "segm_AP75", "bbox_AP")]
+        cells = [
+            f"{stats[k]['mean']:.1f} ± {stats[k]['std']:.1f}"
+            for k in ("segm_AP", "segm_AP75", "bbox_AP")
+        ]
         cells += [" / ".join(f"{r[k]:.1f}" for r in mine) for k in ("segm_AP", "bbox_AP")]
         print(f"| {variant} | " + " | ".join(cells) + " |")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            json.dump({"config": os.path.relpath(CONFIG, REPO), "dataset": args.dataset,
-                       "opts": args.opts, "seeds": args.seeds,
-                       "summary": summary, "runs": rows}, f, indent=1)
+            json.dump(
+                {
+                    "config": os.path.relpath(CONFIG, REPO),
+                    "dataset": args.dataset,
+                    "opts": args.opts,
+                    "seeds": args.seeds,
+                    "summary": summary,
+                    "runs": rows,
+                },
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     python benchmarks/inter_scene_loss.py --queries 100 500 --entries 1024 4096 8192 \
         --out benchmarks/results/inter_scene_cpu.json
 """
+
 import argparse
 import json
 import os
@@ -21,9 +22,12 @@ def time_once(q: int, n: int, device: torch.device, repeats: int) -> dict:
     shapes = dynamic_layer_shapes(10, 8, 3)
     params = torch.randn(q, sum(o * i + o for o, i in shapes), device=device, requires_grad=True)
     args = (
-        torch.randn(q, 2, device=device) * 100, torch.full((q,), 128.0, device=device),
-        torch.randint(0, 4, (q,), device=device), torch.randn(n, 8, device=device),
-        torch.randn(n, 2, device=device) * 100, torch.randint(0, 64, (n,), device=device),
+        torch.randn(q, 2, device=device) * 100,
+        torch.full((q,), 128.0, device=device),
+        torch.randint(0, 4, (q,), device=device),
+        torch.randn(n, 8, device=device),
+        torch.randn(n, 2, device=device) * 100,
+        torch.randint(0, 64, (n,), device=device),
     )
     times = []
     if device.type == "cuda":
@@ -32,7 +36,9 @@ def time_once(q: int, n: int, device: torch.device, repeats: int) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        loss, _ = inter_scene_focal_loss(params, args[0], args[1], args[2], args[3], args[4], args[5], shapes)
+        loss, _ = inter_scene_focal_loss(
+            params, args[0], args[1], args[2], args[3], args[4], args[5], shapes
+        )
         loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -53,10 +59,17 @@ def main() -> None:
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
+    )
     rows = [time_once(q, n, device, args.repeats) for q in args.queries for n in args.entries]
     print(f"inter_scene_focal_loss forward+backward on {name} (torch {torch.__version__})")
-    print(f"{'queries':>8} {'entries':>8} {'ms':>9}" + (f" {'peak MB':>8}" if device.type == "cuda" else ""))
+    print(
+        f"{'queries':>8} {'entries':>8} {'ms':>9}"
+        + (f" {'peak MB':>8}" if device.type == "cuda" else "")
+    )
     for r in rows:
         extra = f" {r['peak_mem_mb']:>8.0f}" if "peak_mem_mb" in r else ""
         print(f"{r['queries']:>8} {r['entries']:>8} {r['median_ms']:>9.1f}{extra}")

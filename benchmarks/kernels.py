@@ -11,6 +11,7 @@ value just before the first call (inputs already built), i.e. everything the cal
 transient chunks included; on CUDA ``torch.cuda.max_memory_allocated`` over the same baseline.
 Writes a markdown table to stdout and JSON to benchmarks/results/kernels_<device>.json.
 """
+
 import argparse
 import json
 import os
@@ -36,9 +37,14 @@ def worker(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> dict
     params = torch.randn(num_q, sum(o * i + o for o, i in shapes), device=dev) * 0.3
     params.requires_grad_(True)
     feats = torch.randn(num_n, 8, device=dev, requires_grad=True)
-    args = (torch.randn(num_q, 2, device=dev) * 100, torch.full((num_q,), 128.0, device=dev),
-            torch.randint(0, 8, (num_q,), device=dev), feats,
-            torch.randn(num_n, 2, device=dev) * 100, torch.randint(0, 64, (num_n,), device=dev))
+    args = (
+        torch.randn(num_q, 2, device=dev) * 100,
+        torch.full((num_q,), 128.0, device=dev),
+        torch.randint(0, 8, (num_q,), device=dev),
+        feats,
+        torch.randn(num_n, 2, device=dev) * 100,
+        torch.randint(0, 64, (num_n,), device=dev),
+    )
 
     def step() -> None:
         loss, _ = inter_scene_focal_loss(params, *args, shapes, impl=impl)
@@ -69,13 +75,29 @@ def worker(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> dict
         sync()
         times.append(time.perf_counter() - start)
     ms = 1000 * statistics.median(times)
-    return {"impl": impl, "queries": num_q, "entries": num_n, "median_ms": ms,
-            "ns_per_pair": 1e6 * ms / (num_q * num_n), "peak_mem_mb": peak / 2**20}
+    return {
+        "impl": impl,
+        "queries": num_q,
+        "entries": num_n,
+        "median_ms": ms,
+        "ns_per_pair": 1e6 * ms / (num_q * num_n),
+        "peak_mem_mb": peak / 2**20,
+    }
 
 
 def run_config(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", impl, str(num_q), str(num_n),
-           "--repeats", str(repeats), "--device", device]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        impl,
+        str(num_q),
+        str(num_n),
+        "--repeats",
+        str(repeats),
+        "--device",
+        device,
+    ]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -83,9 +105,12 @@ def run_config(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> 
 
 def summarize(rows: list) -> dict:
     """The targets: speed-up and flatness at Q=200, memory ratio at Q=500 N=16384."""
+
     def get(impl, q, n):
-        return next((r for r in rows if (r["impl"], r["queries"], r["entries"]) == (impl, q, n)),
-                    None)
+        return next(
+            (r for r in rows if (r["impl"], r["queries"], r["entries"]) == (impl, q, n)), None
+        )
+
     out = {}
     fast = "triton" if any(r["impl"] == "triton" for r in rows) else "tiled"
     ref, new = get("reference", 200, 8192), get(fast, 200, 8192)
@@ -118,8 +143,12 @@ def main() -> None:
         return
 
     impls = args.impls or (["reference", "tiled"] + (["triton"] if args.device == "cuda" else []))
-    rows = [run_config(impl, q, n, args.repeats, args.device)
-            for q in args.queries for n in args.entries for impl in impls]
+    rows = [
+        run_config(impl, q, n, args.repeats, args.device)
+        for q in args.queries
+        for n in args.entries
+        for impl in impls
+    ]
     if args.device == "cuda":
         name = torch.cuda.get_device_name()
     else:
@@ -127,18 +156,33 @@ def main() -> None:
     print(f"inter_scene_focal_loss forward+backward on {name}, torch {torch.__version__}\n")
     print("| impl | Q | N | ms | ns/pair | peak MB |\n|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['impl']} | {r['queries']} | {r['entries']} | {r['median_ms']:.1f} | "
-              f"{r['ns_per_pair']:.1f} | {r['peak_mem_mb']:.1f} |")
+        print(
+            f"| {r['impl']} | {r['queries']} | {r['entries']} | {r['median_ms']:.1f} | "
+            f"{r['ns_per_pair']:.1f} | {r['peak_mem_mb']:.1f} |"
+        )
     summary = summarize(rows)
-    print("\n" + "\n".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}"
-                           for k, v in summary.items()))
+    print(
+        "\n"
+        + "\n".join(
+            f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()
+        )
+    )
     out = args.out or os.path.join(REPO, "benchmarks", "results", f"kernels_{args.device}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"device": name, "torch": torch.__version__, "threads": 1
-                   if args.device == "cpu" else None, "peak_memory": "ru_maxrss rise (CPU) / "
-                   "max_memory_allocated rise (CUDA) over the pre-call value",
-                   "rows": rows, "summary": summary}, f, indent=1)
+        json.dump(
+            {
+                "device": name,
+                "torch": torch.__version__,
+                "threads": 1 if args.device == "cpu" else None,
+                "peak_memory": "ru_maxrss rise (CPU) / "
+                "max_memory_allocated rise (CUDA) over the pre-call value",
+                "rows": rows,
+                "summary": summary,
+            },
+            f,
+            indent=1,
+        )
 
 
 if __name__ == "__main__":

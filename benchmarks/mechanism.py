@@ -8,6 +8,7 @@ dynamic mask heads, mask sharpness and, for IUQ checkpoints, staleness of the qu
 
 The definitions are in ``iuq_d2.evaluation.mechanism``.
 """
+
 import argparse
 import json
 import math
@@ -50,12 +51,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--weights", required=True, help="checkpoint (.pth)")
     parser.add_argument("--dataset", help="evaluation dataset (default: DATASETS.TEST[0])")
     parser.add_argument("--num-images", type=int, default=30, help="its first N images")
-    parser.add_argument("--num-others", type=int, default=29,
-                        help="other images each image's queries are applied to")
+    parser.add_argument(
+        "--num-others",
+        type=int,
+        default=29,
+        help="other images each image's queries are applied to",
+    )
     parser.add_argument("--score-thresh", type=float, default=0.3)
     parser.add_argument("--max-per-image", type=int, default=10, help="queries per image")
-    parser.add_argument("--bank-dataset",
-                        help="dataset the bank's image ids refer to (default: DATASETS.TRAIN[0])")
+    parser.add_argument(
+        "--bank-dataset", help="dataset the bank's image ids refer to (default: DATASETS.TRAIN[0])"
+    )
     parser.add_argument("--bank-samples", type=int, default=256)
     parser.add_argument("--no-coco", action="store_true", help="skip the COCO mask AP")
     parser.add_argument("--out", help="write the results to this JSON file")
@@ -63,8 +69,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def bank_report(model, mapper: CondInstDatasetMapper, bank: dict, iteration: Optional[int],
-                dataset: str, num_samples: int) -> dict:
+def bank_report(
+    model,
+    mapper: CondInstDatasetMapper,
+    bank: dict,
+    iteration: Optional[int],
+    dataset: str,
+    num_samples: int,
+) -> dict:
     notes = list(BANK_NOTES)
     if iteration is None:
         iteration = int(bank["iters"].max())
@@ -72,8 +84,10 @@ def bank_report(model, mapper: CondInstDatasetMapper, bank: dict, iteration: Opt
     report = {"dataset": dataset, **bank_ages(bank, iteration)}
     by_id = {d["image_id"]: d for d in DatasetCatalog.get(dataset)}
     indices = sample_bank_entries(bank, list(by_id), num_samples)
-    inputs = {i: map_for_evaluation(mapper, by_id[i], resize=False)
-              for i in set(bank["image_ids"][indices].tolist())}
+    inputs = {
+        i: map_for_evaluation(mapper, by_id[i], resize=False)
+        for i in set(bank["image_ids"][indices].tolist())
+    }
     report["drift"] = bank_feature_drift(model, bank, indices, inputs)
     report["notes"] = notes
     return report
@@ -81,38 +95,54 @@ def bank_report(model, mapper: CondInstDatasetMapper, bank: dict, iteration: Opt
 
 def print_table(results: dict) -> None:
     s = results["settings"]
-    print(f"\nInter-scene false firing on {results['dataset']} ({results['num_images']} images; "
-          f"queries: score >= {s['score_thresh']}, <= {s['max_per_image']} per image; "
-          f"{s['num_others']} other images each)")
-    print(f"{'placement':<14} {'pairs':>7} {'pixels':>10}  {'p>0.5 pair/pixel':>17}  "
-          f"{'mean p pair/pixel':>17}")
+    print(
+        f"\nInter-scene false firing on {results['dataset']} ({results['num_images']} images; "
+        f"queries: score >= {s['score_thresh']}, <= {s['max_per_image']} per image; "
+        f"{s['num_others']} other images each)"
+    )
+    print(
+        f"{'placement':<14} {'pairs':>7} {'pixels':>10}  {'p>0.5 pair/pixel':>17}  "
+        f"{'mean p pair/pixel':>17}"
+    )
     for name, f in results["false_firing"].items():
-        print(f"{name:<14} {f['num_pairs']:>7} {f['num_pixels']:>10}  "
-              f"{f['pair_frac_firing']:>8.4f}/{f['pixel_frac_firing']:<8.4f}  "
-              f"{f['pair_mean_prob']:>8.4f}/{f['pixel_mean_prob']:<8.4f}")
+        print(
+            f"{name:<14} {f['num_pairs']:>7} {f['num_pixels']:>10}  "
+            f"{f['pair_frac_firing']:>8.4f}/{f['pixel_frac_firing']:<8.4f}  "
+            f"{f['pair_mean_prob']:>8.4f}/{f['pixel_mean_prob']:<8.4f}"
+        )
     m = results["sharpness"]
-    print(f"\nMask sharpness: {m['num_matched']} of {m['num_confident']} queries match a GT box; "
-          f"mean p on the GT mask {m['mean_prob_inside']:.4f}, off it in the GT box "
-          f"{m['mean_prob_outside']:.4f}")
+    print(
+        f"\nMask sharpness: {m['num_matched']} of {m['num_confident']} queries match a GT box; "
+        f"mean p on the GT mask {m['mean_prob_inside']:.4f}, off it in the GT box "
+        f"{m['mean_prob_outside']:.4f}"
+    )
     if "coco" in results:
         c = results["coco"]
-        print(f"COCO mask AP on these images: AP {c['AP']:.1f}  AP50 {c['AP50']:.1f}  "
-              f"AP75 {c['AP75']:.1f}")
+        print(
+            f"COCO mask AP on these images: AP {c['AP']:.1f}  AP50 {c['AP50']:.1f}  "
+            f"AP75 {c['AP75']:.1f}"
+        )
     b = results.get("bank")
     if b is None:
-        print("\nNo query bank in the model (CondInst, a stripped checkpoint, or a config "
-              "without MODEL.IUQ.INTER.ENABLED)")
+        print(
+            "\nNo query bank in the model (CondInst, a stripped checkpoint, or a config "
+            "without MODEL.IUQ.INTER.ENABLED)"
+        )
         return
-    print(f"\nBank: {b['num_filled']}/{b['capacity']} filled at iteration {b['iteration']}; "
-          f"age mean {b['age_mean']:.1f}, median {b['age_median']:.0f}, max {b['age_max']:.0f}")
+    print(
+        f"\nBank: {b['num_filled']}/{b['capacity']} filled at iteration {b['iteration']}; "
+        f"age mean {b['age_mean']:.1f}, median {b['age_median']:.0f}, max {b['age_max']:.0f}"
+    )
     d = b["drift"]
     if d["num_entries"] == 0:
         print(f"Bank drift: no filled entry comes from an image of {b['dataset']}")
     else:
-        print(f"Bank drift ({d['num_entries']} entries of {d['num_images']} images of "
-              f"{b['dataset']}): L2 {d['l2_mean']:.4f} (norms: stored {d['stored_norm_mean']:.4f}, "
-              f"recomputed {d['recomputed_norm_mean']:.4f}), cosine {d['cosine_mean']:.4f}, "
-              f"best cosine in the image {d['best_cosine_mean']:.4f}")
+        print(
+            f"Bank drift ({d['num_entries']} entries of {d['num_images']} images of "
+            f"{b['dataset']}): L2 {d['l2_mean']:.4f} (norms: stored {d['stored_norm_mean']:.4f}, "
+            f"recomputed {d['recomputed_norm_mean']:.4f}), cosine {d['cosine_mean']:.4f}, "
+            f"best cosine in the image {d['best_cosine_mean']:.4f}"
+        )
     for note in b["notes"]:
         print(f"note: {note}")
 
@@ -129,8 +159,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
     dicts = DatasetCatalog.get(dataset)[: args.num_images]
     encoded = [encode_image(model, map_for_evaluation(mapper, d)) for d in dicts]
     selection = {"score_thresh": args.score_thresh, "max_per_image": args.max_per_image}
-    firing = false_firing(model.mask_head, model.mask_branch.out_stride, encoded,
-                          num_others=args.num_others, **selection)
+    firing = false_firing(
+        model.mask_head,
+        model.mask_branch.out_stride,
+        encoded,
+        num_others=args.num_others,
+        **selection,
+    )
     results = {
         "config_file": args.config_file,
         "weights": args.weights,
@@ -138,16 +173,20 @@ def main(argv: Optional[List[str]] = None) -> dict:
         "num_images": len(encoded),
         "settings": {"num_others": min(args.num_others, len(encoded) - 1), **selection},
         "false_firing": {name: asdict(stats) for name, stats in firing.items()},
-        "sharpness": asdict(mask_sharpness(encoded, model.mask_head.mask_out_stride,
-                                           **selection)),
+        "sharpness": asdict(mask_sharpness(encoded, model.mask_head.mask_out_stride, **selection)),
     }
     if not args.no_coco:
         results["coco"] = coco_mask_ap(model, dataset, encoded)
     bank = read_bank(model.state_dict())
     if bank is not None:
-        results["bank"] = bank_report(model, mapper, bank, extra.get("iteration"),
-                                      args.bank_dataset or cfg.DATASETS.TRAIN[0],
-                                      args.bank_samples)
+        results["bank"] = bank_report(
+            model,
+            mapper,
+            bank,
+            extra.get("iteration"),
+            args.bank_dataset or cfg.DATASETS.TRAIN[0],
+            args.bank_samples,
+        )
     results["seconds"] = time.perf_counter() - start
     print_table(results)
     if args.out:

@@ -12,6 +12,7 @@ first variant and writes JSON.
     python benchmarks/train_speed.py --config-file configs/Demo/shapes_CondInst.yaml \
         --variants condinst bank equi_paired equi_extra full --out benchmarks/results/cpu.json
 """
+
 import argparse
 import json
 import os
@@ -28,7 +29,13 @@ IUQ_VIEWS = ["MODEL.META_ARCHITECTURE", "IUQCondInst", "INPUT.DATASET_MAPPER_NAM
 VARIANTS = {
     "condinst": ["MODEL.META_ARCHITECTURE", "CondInst"],
     "bank": ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED", "False"],
-    "equi_paired": [*IUQ_VIEWS, "MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "paired"],
+    "equi_paired": [
+        *IUQ_VIEWS,
+        "MODEL.IUQ.INTER.ENABLED",
+        "False",
+        "MODEL.IUQ.EQUI.MODE",
+        "paired",
+    ],
     "equi_extra": [*IUQ_VIEWS, "MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.EQUI.MODE", "extra"],
     "full": [*IUQ_VIEWS, "MODEL.IUQ.EQUI.MODE", "paired"],
 }
@@ -85,10 +92,12 @@ def measure(args) -> dict:
         "variant": args.variant,
         "images_per_step": sum(1 + ("view" in x) for x in batches[0]),
         "step_s": times,
-        "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if on_cuda
+        "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20
+        if on_cuda
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "memory_kind": "cuda max_memory_allocated" if on_cuda else "process peak RSS",
-        "device": torch.cuda.get_device_name() if on_cuda
+        "device": torch.cuda.get_device_name()
+        if on_cuda
         else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads",
     }
 
@@ -96,10 +105,18 @@ def measure(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", default="configs/Demo/shapes_CondInst.yaml")
-    parser.add_argument("--variants", nargs="+", default=["condinst", "bank", "equi_paired", "full"],
-                        choices=sorted(VARIANTS))
-    parser.add_argument("--iters", type=int, default=10, help="batches, each run untimed then timed")
-    parser.add_argument("--repeats", type=int, default=2, help="subprocesses per variant, round-robin")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["condinst", "bank", "equi_paired", "full"],
+        choices=sorted(VARIANTS),
+    )
+    parser.add_argument(
+        "--iters", type=int, default=10, help="batches, each run untimed then timed"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="subprocesses per variant, round-robin"
+    )
     parser.add_argument("--device", default="", help="override MODEL.DEVICE")
     parser.add_argument("--amp", action="store_true", help="autocast (CUDA float16)")
     parser.add_argument("--seed", type=int, default=0)
@@ -115,17 +132,26 @@ def main() -> None:
     runs = {v: [] for v in args.variants}
     for repeat in range(args.repeats):
         for variant in args.variants:
-            cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant,
-                   "--config-file", args.config_file, "--iters", str(args.iters),
-                   "--seed", str(args.seed + repeat)]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--variant",
+                variant,
+                "--config-file",
+                args.config_file,
+                "--iters",
+                str(args.iters),
+                "--seed",
+                str(args.seed + repeat),
+            ]
             cmd += ["--device", args.device] if args.device else []
             cmd += ["--amp"] if args.amp else []
             cmd += args.opts
             out = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+            lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
             if out.returncode != 0 or not lines:
                 sys.exit(f"variant {variant} failed:\n{out.stderr[-3000:]}")
-            runs[variant].append(json.loads(lines[0][len("RESULT "):]))
+            runs[variant].append(json.loads(lines[0][len("RESULT ") :]))
 
     base = args.variants[0]
     summary = {}
@@ -142,17 +168,29 @@ def main() -> None:
         s["mem_ratio"] = s["peak_mem_mb"] / summary[base]["peak_mem_mb"]
 
     first = next(iter(runs.values()))[0]
-    header = (f"config {args.config_file} {' '.join(args.opts)} | device {first['device']} | "
-              f"memory: {first['memory_kind']} | {args.repeats}x{args.iters} steps per variant")
+    header = (
+        f"config {args.config_file} {' '.join(args.opts)} | device {first['device']} | "
+        f"memory: {first['memory_kind']} | {args.repeats}x{args.iters} steps per variant"
+    )
     print(header)
-    print(f"{'variant':<12} {'images/step':>11} {'s/step':>8} {'ratio':>6} {'peak MB':>9} {'ratio':>6}")
+    print(
+        f"{'variant':<12} {'images/step':>11} {'s/step':>8} {'ratio':>6} "
+        f"{'peak MB':>9} {'ratio':>6}"
+    )
     for variant, s in summary.items():
-        print(f"{variant:<12} {s['images_per_step']:>11} {s['median_step_s']:>8.3f} {s['step_ratio']:>6.2f} "
-              f"{s['peak_mem_mb']:>9.0f} {s['mem_ratio']:>6.2f}")
+        print(
+            f"{variant:<12} {s['images_per_step']:>11} {s['median_step_s']:>8.3f} "
+            f"{s['step_ratio']:>6.2f} "
+            f"{s['peak_mem_mb']:>9.0f} {s['mem_ratio']:>6.2f}"
+        )
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            json.dump({"header": header, "argv": sys.argv[1:], "summary": summary, "runs": runs}, f, indent=1)
+            json.dump(
+                {"header": header, "argv": sys.argv[1:], "summary": summary, "runs": runs},
+                f,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

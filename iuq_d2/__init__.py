@@ -3,6 +3,7 @@
 Importing the package registers its meta-architectures, backbone, proposal generator and
 builtin datasets with detectron2.
 """
+
 from . import data, modeling
 from .config import add_condinst_config, add_iuq_config
 

@@ -1,9 +1,11 @@
-"""Config keys of iuq_d2, added to a detectron2 config by ``add_condinst_config`` and ``add_iuq_config``.
+"""Config keys of iuq_d2, added to a detectron2 config by ``add_condinst_config`` and
+``add_iuq_config``.
 
 The CondInst and FCOS keys keep AdelaiDet's names and defaults so that its CondInst yaml files and
 checkpoints carry over. Every function here adds keys to the config it is given and never touches
 detectron2's global default config.
 """
+
 from detectron2.config import CfgNode as CN
 
 

@@ -7,6 +7,7 @@
 This is what ``make demo`` runs. Each run writes its checkpoints, metrics.json, the COCO
 evaluation and a folder ``vis/`` of predictions on validation images to its OUTPUT_DIR.
 """
+
 import argparse
 import json
 import os
@@ -16,7 +17,8 @@ from typing import Dict, List, Optional
 from detectron2.data import DatasetCatalog
 
 from .engine.config_loader import load_config
-from .engine.entry import build_argument_parser, main as train_main
+from .engine.entry import build_argument_parser
+from .engine.entry import main as train_main
 from .visualize import build_predictor, visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +31,9 @@ CONFIGS = {
 def run(name: str, opts: List[str], num_vis: int) -> Dict[str, float]:
     config = CONFIGS[name]
     if not os.path.exists(config):
-        raise FileNotFoundError(f"{config} not found: run the demo from a source checkout of iuq_d2")
+        raise FileNotFoundError(
+            f"{config} not found: run the demo from a source checkout of iuq_d2"
+        )
     args = build_argument_parser().parse_args(["--config-file", config, *opts])
     cfg = load_config(args.config_file, args.opts)
     start = time.perf_counter()
@@ -41,8 +45,13 @@ def run(name: str, opts: List[str], num_vis: int) -> Dict[str, float]:
     dataset = cfg.DATASETS.TEST[0]
     files = [d["file_name"] for d in DatasetCatalog.get(dataset)[:num_vis]]
     visualize(predictor, files, os.path.join(cfg.OUTPUT_DIR, "vis"), dataset)
-    return {"segm AP": final.get("segm/AP", float("nan")), "bbox AP": final.get("bbox/AP", float("nan")),
-            "iterations": cfg.SOLVER.MAX_ITER, "minutes": minutes, "output": cfg.OUTPUT_DIR}
+    return {
+        "segm AP": final.get("segm/AP", float("nan")),
+        "bbox AP": final.get("bbox/AP", float("nan")),
+        "iterations": cfg.SOLVER.MAX_ITER,
+        "minutes": minutes,
+        "output": cfg.OUTPUT_DIR,
+    }
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
@@ -57,8 +66,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     print("\nDemo results on shapes_val (COCO AP, %):")
     print(f"{'model':<14} {'segm AP':>8} {'bbox AP':>8} {'iters':>6} {'minutes':>8}  output")
     for name, r in results.items():
-        print(f"{name:<14} {r['segm AP']:>8.1f} {r['bbox AP']:>8.1f} {r['iterations']:>6} "
-              f"{r['minutes']:>8.1f}  {r['output']}")
+        print(
+            f"{name:<14} {r['segm AP']:>8.1f} {r['bbox AP']:>8.1f} {r['iterations']:>6} "
+            f"{r['minutes']:>8.1f}  {r['output']}"
+        )
     return results
 
 

@@ -6,6 +6,7 @@ loads it with no unexpected keys:
 
     python -m iuq_d2.strip_checkpoint output/iuq/model_final.pth model_deploy.pth
 """
+
 import argparse
 from typing import Any, Dict, List, Optional
 
@@ -34,7 +35,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     stripped = strip_checkpoint(checkpoint)
     atomic_write(args.output, lambda f: torch.save(stripped, f))
     dropped = len(checkpoint.get("model", checkpoint)) - len(stripped["model"])
-    print(f"wrote {args.output}: {len(stripped['model'])} tensors kept, {dropped} training-only dropped")
+    print(
+        f"wrote {args.output}: {len(stripped['model'])} tensors kept, "
+        f"{dropped} training-only dropped"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
         --output output/vis
     python -m iuq_d2.visualize --config-file ... --weights ... --input a.jpg b.jpg --output vis
 """
+
 import argparse
 import os
 from typing import Iterable, List, Optional
@@ -18,7 +19,9 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from .engine.config_loader import load_config
 
 
-def build_predictor(config_file: str, weights: str, score_threshold: float, opts: List[str]) -> DefaultPredictor:
+def build_predictor(
+    config_file: str, weights: str, score_threshold: float, opts: List[str]
+) -> DefaultPredictor:
     cfg = load_config(config_file, opts, freeze=False)
     cfg.MODEL.WEIGHTS = weights
     cfg.MODEL.FCOS.INFERENCE_TH_TEST = score_threshold
@@ -26,8 +29,13 @@ def build_predictor(config_file: str, weights: str, score_threshold: float, opts
     return DefaultPredictor(cfg)
 
 
-def visualize(predictor: DefaultPredictor, files: Iterable[str], output_dir: str, metadata_name: Optional[str] = None,
-              score_threshold: float = 0.3) -> List[str]:
+def visualize(
+    predictor: DefaultPredictor,
+    files: Iterable[str],
+    output_dir: str,
+    metadata_name: Optional[str] = None,
+    score_threshold: float = 0.3,
+) -> List[str]:
     """Predict on each image file and write ``<output_dir>/<name>.png``; returns the paths."""
     os.makedirs(output_dir, exist_ok=True)
     metadata = MetadataCatalog.get(metadata_name) if metadata_name else None
@@ -57,7 +65,9 @@ def main(argv: Optional[List[str]] = None) -> List[str]:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
 
-    predictor = build_predictor(args.config_file, args.weights, min(args.score_threshold, 0.05), args.opts)
+    predictor = build_predictor(
+        args.config_file, args.weights, min(args.score_threshold, 0.05), args.opts
+    )
     if args.dataset:
         files = [d["file_name"] for d in DatasetCatalog.get(args.dataset)[: args.num]]
         metadata_name = args.dataset

@@ -12,6 +12,7 @@ a cluster, is left untouched.
 
 Usage: python scripts/install_detectron2.py [--cache-dir DIR] [--force]
 """
+
 import argparse
 import base64
 import hashlib
@@ -108,15 +109,25 @@ def main() -> int:
     if importlib.util.find_spec("detectron2") is not None and not args.force:
         import detectron2
 
-        print(f"detectron2 {detectron2.__version__} already importable from "
-              f"{os.path.dirname(detectron2.__file__)}; leaving it as it is.")
+        print(
+            f"detectron2 {detectron2.__version__} already importable from "
+            f"{os.path.dirname(detectron2.__file__)}; leaving it as it is."
+        )
         return 0
 
     repacked = args.cache_dir / REPACKED_NAME
     if not repacked.exists():
         with tempfile.TemporaryDirectory() as tmp:
-            pip("download", "--no-deps", "--only-binary=:all:", "--python-version", SOURCE_PYTHON,
-                "-d", tmp, SOURCE)
+            pip(
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                SOURCE_PYTHON,
+                "-d",
+                tmp,
+                SOURCE,
+            )
             (wheel,) = Path(tmp).glob("*.whl")
             make_pure(wheel, repacked)
     pip("install", "--no-deps", str(repacked))

@@ -6,6 +6,7 @@
 
 Installed packages also get the same command as ``iuq_d2-slurm``.
 """
+
 import sys
 from pathlib import Path
 

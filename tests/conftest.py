@@ -1,4 +1,5 @@
 """Shared fixtures: small configs and hand-made inputs for CondInst."""
+
 import os
 
 import pytest

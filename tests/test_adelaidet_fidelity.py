@@ -1,4 +1,5 @@
-"""Where CondInst's training follows AdelaiDet's on asymmetric inputs, each case computed by hand."""
+"""Where CondInst's training follows AdelaiDet's on asymmetric inputs, each case by hand."""
+
 import torch
 from detectron2.structures import Boxes, Instances
 
@@ -21,7 +22,9 @@ def _right_triangle(n: int = 48, size: int = 64) -> Instances:
 def _positive_cells(inst: Instances):
     loc = compute_locations(8, 8, 8, torch.device("cpu"))  # centres 4, 12, ..., 60
     levels = torch.zeros(len(loc), dtype=torch.long)
-    t = assign_targets(loc, levels, [8], [], [inst], num_classes=1, center_sample=True, pos_radius=1.5)
+    t = assign_targets(
+        loc, levels, [8], [], [inst], num_classes=1, center_sample=True, pos_radius=1.5
+    )
     return sorted(tuple(int(v) for v in loc[i]) for i in torch.nonzero(t.labels == 0).squeeze(1))
 
 
@@ -76,13 +79,13 @@ def _positives(gt_inds, scores):
 
 def test_topk_is_shared_among_instances_with_a_positive():
     # Instances 0 and 1 have 5 and 4 positives; instance 2 (too small) has none. k = 6.
-    pos = _positives([0, 0, 0, 0, 0, 1, 1, 1, 1], [.1, .9, .5, .7, .3, .2, .8, .6, .4])
+    pos = _positives([0, 0, 0, 0, 0, 1, 1, 1, 1], [0.1, 0.9, 0.5, 0.7, 0.3, 0.2, 0.8, 0.6, 0.4])
     kept = topk_per_instance(pos, num_images=1, k=6)
     # 6 // 2 instances with positives = 3 each (6 // 3 GT instances would give 2 each).
     assert kept.gt_inds.tolist() == [0, 0, 0, 1, 1, 1]
     chosen = torch.sigmoid(kept.logits_pred[:, 0])
-    assert torch.allclose(chosen[:3].sort().values, torch.tensor([.5, .7, .9]))
-    assert torch.allclose(chosen[3:].sort().values, torch.tensor([.4, .6, .8]))
+    assert torch.allclose(chosen[:3].sort().values, torch.tensor([0.5, 0.7, 0.9]))
+    assert torch.allclose(chosen[3:].sort().values, torch.tensor([0.4, 0.6, 0.8]))
 
 
 def test_post_nms_topk_keeps_ties_at_the_cut():

@@ -1,4 +1,5 @@
 """CondInst: mask head math, parameter layout, checkpoint compatibility, train/eval passes."""
+
 import os
 
 import pytest
@@ -33,16 +34,24 @@ def _reference_table(name):
 
 def _our_table(cfg):
     model = build_model(cfg)
-    return {k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in model.state_dict().items()}
+    return {
+        k: (tuple(v.shape), str(v.dtype).replace("torch.", ""))
+        for k, v in model.state_dict().items()
+    }
 
 
-@pytest.mark.parametrize("listing,semantic", [
-    ("adelaidet_condinst_R50_state_dict.tsv", False),
-    ("adelaidet_condinst_R50_sem_state_dict.tsv", True),
-])
+@pytest.mark.parametrize(
+    "listing,semantic",
+    [
+        ("adelaidet_condinst_R50_state_dict.tsv", False),
+        ("adelaidet_condinst_R50_sem_state_dict.tsv", True),
+    ],
+)
 def test_state_dict_matches_adelaidet(listing, semantic):
-    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "CondInst", "MS_R_50_1x.yaml"),
-                      freeze=False)
+    cfg = load_config(
+        os.path.join(os.path.dirname(__file__), "..", "configs", "CondInst", "MS_R_50_1x.yaml"),
+        freeze=False,
+    )
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON = semantic
@@ -77,17 +86,17 @@ def test_dynamic_mlp_equals_per_instance_convolutions():
         offset = 0
         ws, bs = [], []
         for o, i in shapes:
-            ws.append(params[q, offset: offset + o * i].reshape(o, i, 1, 1))
+            ws.append(params[q, offset : offset + o * i].reshape(o, i, 1, 1))
             offset += o * i
         for o, _ in shapes:
-            bs.append(params[q, offset: offset + o])
+            bs.append(params[q, offset : offset + o])
             offset += o
-        y = x[q: q + 1]
+        y = x[q : q + 1]
         for layer, (w, b) in enumerate(zip(ws, bs)):
             y = F.conv2d(y, w, b)
             if layer < 2:
                 y = F.relu(y)
-        torch.testing.assert_close(got[q: q + 1], y, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[q : q + 1], y, rtol=1e-5, atol=1e-5)
 
 
 def test_mask_head_relative_coordinates(tiny_cfg):
@@ -97,7 +106,7 @@ def test_mask_head_relative_coordinates(tiny_cfg):
     head = model.mask_head
     c = head.in_channels
     params = torch.zeros(1, head.num_params)
-    w0, w1, w2 = (8 * (c + 2), 8 * 8, 8)
+    w0, w1 = 8 * (c + 2), 8 * 8
     # layer 0, output 0 reads input 0 (rel x); layers 1 and 2 pass output 0 through.
     params[0, 0] = 1.0
     params[0, w0] = 1.0
@@ -140,12 +149,15 @@ def _batch():
     ]
 
 
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"MODEL.CONDINST.MAX_PROPOSALS": 5},
-    {"MODEL.CONDINST.MAX_PROPOSALS": -1, "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 4},
-    {"MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON": True},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"MODEL.CONDINST.MAX_PROPOSALS": 5},
+        {"MODEL.CONDINST.MAX_PROPOSALS": -1, "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 4},
+        {"MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON": True},
+    ],
+)
 def test_forward_backward_reaches_every_parameter(overrides):
     torch.manual_seed(0)
     model = build_model(tiny_config(**overrides))
@@ -162,8 +174,11 @@ def test_forward_backward_reaches_every_parameter(overrides):
 
 def test_topk_proposals_per_image_are_spread_over_instances():
     torch.manual_seed(0)
-    model = build_model(tiny_config(**{"MODEL.CONDINST.MAX_PROPOSALS": -1,
-                                       "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 4}))
+    model = build_model(
+        tiny_config(
+            **{"MODEL.CONDINST.MAX_PROPOSALS": -1, "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 4}
+        )
+    )
     batch = _batch()
     images = model.preprocess_image(batch)
     gt = model.prepare_targets(batch, images)
@@ -199,7 +214,9 @@ def test_eval_outputs_have_the_requested_size():
     assert first.pred_masks.shape[1:] == (192, 256)
     assert first.pred_masks.dtype == torch.bool
     assert first.image_size == (192, 256)
-    assert (first.pred_boxes.tensor[:, 2] <= 256).all() and (first.pred_boxes.tensor[:, 3] <= 192).all()
+    assert (first.pred_boxes.tensor[:, 2] <= 256).all() and (
+        first.pred_boxes.tensor[:, 3] <= 192
+    ).all()
     assert len(first) <= cfg.MODEL.FCOS.POST_NMS_TOPK_TEST
     assert outputs[1]["instances"].pred_masks.shape[1:] == (112, 80)
 
@@ -214,8 +231,11 @@ def test_eval_with_no_detections():
 
 def test_bad_configs_name_the_key():
     with pytest.raises(ValueError, match="TOPK_PROPOSALS_PER_IM"):
-        build_model(tiny_config(**{"MODEL.CONDINST.MAX_PROPOSALS": 10,
-                                   "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 10}))
+        build_model(
+            tiny_config(
+                **{"MODEL.CONDINST.MAX_PROPOSALS": 10, "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 10}
+            )
+        )
     with pytest.raises(ValueError, match="FPN_STRIDES"):
         build_model(tiny_config(**{"MODEL.FCOS.FPN_STRIDES": [8, 16, 32, 64]}))
     with pytest.raises(ValueError, match="USE_DEFORMABLE"):

@@ -12,7 +12,6 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
@@ -33,8 +32,8 @@ from iuq_d2.data import (
     register_custom_coco,
     train_mapper_class,
 )
-from iuq_d2.engine.trainer import Trainer
 from iuq_d2.data.shapes import SHAPES_SPLITS, mask_to_polygons, render_image
+from iuq_d2.engine.trainer import Trainer
 
 from .conftest import REPO, set_keys
 
@@ -393,12 +392,14 @@ def test_set_up_and_each_load_parse_the_json_once(tmp_path, custom_names, monkey
     data = valid_coco(tmp_path)
     json_file = write_coco(tmp_path, data)
     custom_names.append("test_custom_once")
-    cfg = make_cfg(**{
-        "DATASETS.CUSTOM_COCO": [["test_custom_once", json_file, str(tmp_path / "images")]],
-        "DATASETS.TRAIN": ("test_custom_once",),
-        "DATASETS.TEST": (),
-        "MODEL.FCOS.NUM_CLASSES": 2,
-    })
+    cfg = make_cfg(
+        **{
+            "DATASETS.CUSTOM_COCO": [["test_custom_once", json_file, str(tmp_path / "images")]],
+            "DATASETS.TRAIN": ("test_custom_once",),
+            "DATASETS.TEST": (),
+            "MODEL.FCOS.NUM_CLASSES": 2,
+        }
+    )
     register_custom_coco(cfg)
     parsed = []
     real_load = json.load
@@ -445,18 +446,22 @@ def test_unknown_mapper_name_is_an_error_naming_the_key():
     ],
 )
 def test_mapper_makes_views_iff_the_model_trains_on_them(arch, equi, name, error):
-    cfg = make_iuq_cfg(**{
-        "MODEL.META_ARCHITECTURE": arch,
-        "MODEL.IUQ.EQUI.ENABLED": equi,
-        "INPUT.DATASET_MAPPER_NAME": name,
-    })
+    cfg = make_iuq_cfg(
+        **{
+            "MODEL.META_ARCHITECTURE": arch,
+            "MODEL.IUQ.EQUI.ENABLED": equi,
+            "INPUT.DATASET_MAPPER_NAME": name,
+        }
+    )
     mapper_class = train_mapper_class(cfg)
     assert mapper_class is {"condinst": CondInstDatasetMapper, "iuq": IUQDatasetMapper}[name]
     if error is None:
         check_mapper_views(cfg, mapper_class)
         return
-    for check in (lambda: check_mapper_views(cfg, mapper_class),
-                  lambda: Trainer.build_train_loader(cfg)):
+    for check in (
+        lambda: check_mapper_views(cfg, mapper_class),
+        lambda: Trainer.build_train_loader(cfg),
+    ):
         with pytest.raises(ValueError, match="INPUT.DATASET_MAPPER_NAME " + error):
             check()
 
@@ -474,6 +479,7 @@ def test_configs_name_the_mapper_their_model_needs(config):
     cfg = make_iuq_cfg()
     cfg.merge_from_file(os.path.join(REPO, config))
     check_mapper_views(cfg, train_mapper_class(cfg))
+
 
 def test_mapper(shapes60):
     out_dir, data = shapes60

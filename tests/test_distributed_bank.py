@@ -1,4 +1,5 @@
 """The query bank under real multi-process training (gloo on CPU)."""
+
 import os
 
 import torch
@@ -25,14 +26,19 @@ def _worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     torch.manual_seed(0)
     model = DistributedDataParallel(build_model(iuq_config()), broadcast_buffers=False)
     torch.manual_seed(rank)  # ranks draw different pixels
-    batch = [make_input(96, 128, boxes, [0] * len(boxes), seed=100 * rank + i)
-             for i, boxes in enumerate(RANK_BOXES[rank])]
+    batch = [
+        make_input(96, 128, boxes, [0] * len(boxes), seed=100 * rank + i)
+        for i, boxes in enumerate(RANK_BOXES[rank])
+    ]
     with EventStorage():
         for _ in range(ITERATIONS):
             losses = model(batch)
             sum(losses.values()).backward()
     bank = model.module.inter_scene.bank
-    torch.save({name: buf.clone() for name, buf in bank.named_buffers()}, os.path.join(out_dir, f"{rank}.pth"))
+    torch.save(
+        {name: buf.clone() for name, buf in bank.named_buffers()},
+        os.path.join(out_dir, f"{rank}.pth"),
+    )
     dist.barrier()
     dist.destroy_process_group()
 

@@ -1,10 +1,10 @@
 """IUQCondInst's equivariance losses, on batches with hand-made views."""
+
 import copy
 
 import pytest
 import torch
 from detectron2.modeling import build_model
-from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 
 from iuq_d2.modeling.iuq.equivariance import view_inputs
@@ -13,24 +13,35 @@ from .conftest import make_input, tiny_config
 
 
 def equi_config(**overrides):
-    return tiny_config(**{"MODEL.META_ARCHITECTURE": "IUQCondInst", "MODEL.IUQ.INTER.ENABLED": False,
-                          "MODEL.CONDINST.MAX_PROPOSALS": -1, "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT": 1.0,
-                          **overrides})
+    return tiny_config(
+        **{
+            "MODEL.META_ARCHITECTURE": "IUQCondInst",
+            "MODEL.IUQ.INTER.ENABLED": False,
+            "MODEL.CONDINST.MAX_PROPOSALS": -1,
+            "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT": 1.0,
+            **overrides,
+        }
+    )
 
 
 def _with_identity_views(batch):
     for x in batch:
-        x["view"] = {"image": x["image"].clone(), "instances": copy.deepcopy(x["instances"]),
-                     "affine": torch.tensor([1.0, 0.0, 1.0, 0.0])}
+        x["view"] = {
+            "image": x["image"].clone(),
+            "instances": copy.deepcopy(x["instances"]),
+            "affine": torch.tensor([1.0, 0.0, 1.0, 0.0]),
+        }
     return batch
 
 
 def _batch():
     # Equal sizes, multiples of 32: no padding, so every cell of a view has a counterpart.
-    return _with_identity_views([
-        make_input(96, 96, [[10, 12, 60, 70], [50, 40, 90, 90]], [0, 2], seed=1),
-        make_input(96, 96, [[5, 5, 30, 40]], [1], seed=2),
-    ])
+    return _with_identity_views(
+        [
+            make_input(96, 96, [[10, 12, 60, 70], [50, 40, 90, 90]], [0, 2], seed=1),
+            make_input(96, 96, [[5, 5, 30, 40]], [1], seed=2),
+        ]
+    )
 
 
 def _train_parts(model, batch):
@@ -75,7 +86,6 @@ def test_gradients_reach_view_queries_and_original_representation():
     assert param_grad[in_view].abs().sum() > 0 and param_grad[~in_view].abs().sum() == 0
 
 
-
 def test_representation_loss_sees_both_sides():
     torch.manual_seed(0)
     model = build_model(equi_config())
@@ -85,7 +95,9 @@ def test_representation_loss_sees_both_sides():
     inst = batch[1]["view"]["instances"]
     boxes = inst.gt_boxes.tensor.clone()
     inst.gt_boxes.tensor[:, 0], inst.gt_boxes.tensor[:, 2] = 96 - boxes[:, 2], 96 - boxes[:, 0]
-    inst.gt_masks = inst.gt_masks.__class__([[p.copy() for p in poly] for poly in inst.gt_masks.polygons])
+    inst.gt_masks = inst.gt_masks.__class__(
+        [[p.copy() for p in poly] for poly in inst.gt_masks.polygons]
+    )
     for poly in inst.gt_masks.polygons:
         for p in poly:
             p[0::2] = 96 - p[0::2]
@@ -96,12 +108,16 @@ def test_representation_loss_sees_both_sides():
     losses["loss_equi_feat"].backward()
     grad = outputs.mask_feats.grad
     assert grad[1].abs().sum() > 0 and grad[3].abs().sum() > 0  # original and its flipped view
-    assert grad[0].abs().sum() == 0 and grad[2].abs().sum() == 0  # identity pair: F(g(I)) == g(F(I))
+    assert (
+        grad[0].abs().sum() == 0 and grad[2].abs().sum() == 0
+    )  # identity pair: F(g(I)) == g(F(I))
 
 
 def test_views_with_every_instance_cropped_away():
     torch.manual_seed(0)
-    model = build_model(equi_config(**{"MODEL.IUQ.INTER.ENABLED": True, "MODEL.IUQ.INTER.BANK_SIZE": 100}))
+    model = build_model(
+        equi_config(**{"MODEL.IUQ.INTER.ENABLED": True, "MODEL.IUQ.INTER.BANK_SIZE": 100})
+    )
     batch = _batch()
     for x in batch:
         x["view"]["instances"] = x["view"]["instances"][[]]

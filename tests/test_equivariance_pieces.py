@@ -1,12 +1,12 @@
 """Tests of the pieces of IUQ's equivariance: config keys, view transforms and their affine maps,
 the view-producing mapper, the feature warp and the representation-equivariance loss."""
+
 import copy
 
 import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 from detectron2.layers import ShapeSpec
@@ -46,8 +46,13 @@ def polygon_bbox(polygons):
 
 def make_annotation(polygons, category_id, iscrowd=0):
     x0, y0, x1, y1 = polygon_bbox(polygons)
-    return {"bbox": [x0, y0, x1 - x0, y1 - y0], "bbox_mode": BoxMode.XYWH_ABS,
-            "segmentation": polygons, "category_id": category_id, "iscrowd": iscrowd}
+    return {
+        "bbox": [x0, y0, x1 - x0, y1 - y0],
+        "bbox_mode": BoxMode.XYWH_ABS,
+        "segmentation": polygons,
+        "category_id": category_id,
+        "iscrowd": iscrowd,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +70,13 @@ def image_dict(tmp_path_factory):
         make_annotation(rect_polygon(10, 100, 40, 110) + rect_polygon(10, 130, 40, 140), 3),
         make_annotation(rect_polygon(150, 5, 185, 40), 1),
     ]
-    return {"file_name": path, "height": 150, "width": 190, "image_id": 7,
-            "annotations": annotations}
+    return {
+        "file_name": path,
+        "height": 150,
+        "width": 190,
+        "image_id": 7,
+        "annotations": annotations,
+    }
 
 
 def test_sampled_views_are_aligned():
@@ -122,7 +132,7 @@ def test_view_round_trip():
         mask = np.zeros((h, w), dtype=np.uint8)
         mask[30:100, 40:170] = 1
         window = np.zeros_like(mask)
-        window[crop.y0:crop.y0 + crop.h, crop.x0:crop.x0 + crop.w] = 1
+        window[crop.y0 : crop.y0 + crop.h, crop.x0 : crop.x0 + crop.w] = 1
         round_trip = inv.apply_segmentation(g.apply_segmentation(mask))
         assert round_trip.shape == mask.shape
         if not any(isinstance(t, T.ResizeTransform) for t in g.transforms):
@@ -139,10 +149,17 @@ def test_transform_to_affine_matches_apply_coords():
         [T.CropTransform(16, 8, 96, 80, orig_w=w, orig_h=h)],
         [T.ResizeTransform(h, w, 90, 200)],
         [T.CropTransform(16, 8, 96, 80), T.HFlipTransform(96), T.ResizeTransform(80, 96, 100, 120)],
-        [T.ResizeTransform(h, w, 60, 80), T.HFlipTransform(80), T.VFlipTransform(60),
-         T.PadTransform(3, 4, 5, 6), T.NoOpTransform()],
-        [T.TransformList([T.HFlipTransform(w), T.ScaleTransform(h, w, 30, 41)]),
-         T.CropTransform(5, 7, 20, 20)],
+        [
+            T.ResizeTransform(h, w, 60, 80),
+            T.HFlipTransform(80),
+            T.VFlipTransform(60),
+            T.PadTransform(3, 4, 5, 6),
+            T.NoOpTransform(),
+        ],
+        [
+            T.TransformList([T.HFlipTransform(w), T.ScaleTransform(h, w, 30, 41)]),
+            T.CropTransform(5, 7, 20, 20),
+        ],
     ]
     for parts in compositions:
         g = T.TransformList(parts)
@@ -199,8 +216,9 @@ def test_warp_crop_flip_is_bit_exact():
     canvas, src_sizes = pad_batch(images)
     view_canvas, dst_sizes = pad_batch(views)
     view_feats = toy_features(view_canvas)
-    warped, valid = warp_to_view(toy_features(canvas), affines, src_sizes, view_feats.shape[-2:],
-                                 dst_sizes, STRIDE)
+    warped, valid = warp_to_view(
+        toy_features(canvas), affines, src_sizes, view_feats.shape[-2:], dst_sizes, STRIDE
+    )
     assert warped.shape == view_feats.shape and valid.shape == (3, *view_feats.shape[-2:])
     for b, (hv, wv) in enumerate(dst_sizes):
         expected = torch.zeros_like(valid[b])
@@ -240,8 +258,9 @@ def test_warp_rescale_matches_smooth_image(factor):
     canvas, src_sizes = pad_batch([image])
     view_canvas, dst_sizes = pad_batch(views)
     view_feats = toy_features(view_canvas)
-    warped, valid = warp_to_view(toy_features(canvas), affines, src_sizes, view_feats.shape[-2:],
-                                 dst_sizes, STRIDE)
+    warped, valid = warp_to_view(
+        toy_features(canvas), affines, src_sizes, view_feats.shape[-2:], dst_sizes, STRIDE
+    )
     full_h, full_w = dst_sizes[0][0] // STRIDE, dst_sizes[0][1] // STRIDE
     assert valid.sum() >= 0.7 * full_h * full_w
     # The toy features of a view cell that overhangs the view's border average in padding;
@@ -264,8 +283,9 @@ def test_warp_valid_mask_by_hand():
     crop = T.CropTransform(8, 0, 17, 17)  # view 17 x 17: cells {0, 1, 2} along both axes
     for g, columns in (([crop], [1, 2, 3]), ([crop, T.HFlipTransform(17)], [3, 2, 1])):
         affine = torch.tensor([transform_to_affine(T.TransformList(g), (20, 28))])
-        warped, valid = warp_to_view(feats, affine, torch.tensor([[20, 28]]), (4, 4), [(17, 17)],
-                                     STRIDE)
+        warped, valid = warp_to_view(
+            feats, affine, torch.tensor([[20, 28]]), (4, 4), [(17, 17)], STRIDE
+        )
         assert valid[0].tolist() == [[True] * 3 + [False]] * 3 + [[False] * 4]
         assert torch.equal(warped[0, 0, :3, :3], feats[0, 0][:, columns])
         assert (warped[0, 0][~valid[0]] == 0).all()
@@ -276,15 +296,17 @@ def test_warp_valid_mask_by_hand():
     # Halving 16 x 16: the view's one cell is centred at 0.5, which is 1.0 in the source, 1/16
     # of a cell past the centre (0.5) of source cell 0 towards cell 1.
     small = feats[:, :, :2, :2]
-    warped, valid = warp_to_view(small, torch.tensor([[0.5, 0.0, 0.5, 0.0]]), [(16, 16)], (1, 1),
-                                 [(8, 8)], STRIDE)
+    warped, valid = warp_to_view(
+        small, torch.tensor([[0.5, 0.0, 0.5, 0.0]]), [(16, 16)], (1, 1), [(8, 8)], STRIDE
+    )
     weights = torch.tensor([15 / 16, 1 / 16])
     expected = (weights[:, None] * weights[None, :] * small[0, 0]).sum()
     assert valid.all() and torch.allclose(warped[0, 0, 0, 0], expected)
     # Doubling: view cells centred at 0.5, 8.5, 16.5, 24.5 read source points 0.25, 4.25, 8.25,
     # 12.25; only 4.25 and 8.25 lie between the centres of the two source cells (0.5 and 8.5).
-    _, valid = warp_to_view(small, torch.tensor([[2.0, 0.0, 2.0, 0.0]]), [(16, 16)], (4, 4),
-                            [(32, 32)], STRIDE)
+    _, valid = warp_to_view(
+        small, torch.tensor([[2.0, 0.0, 2.0, 0.0]]), [(16, 16)], (4, 4), [(32, 32)], STRIDE
+    )
     inner = [False, True, True, False]
     assert valid[0].tolist() == [[a and b for b in inner] for a in inner]
 
@@ -293,8 +315,9 @@ def test_warp_gradients():
     feats = torch.randn(2, 3, 6, 8, requires_grad=True)
     # A flip of a 57 pixel wide crop (exact path), then a rescale (interpolation).
     affines = torch.tensor([[-1.0, 57.0, 1.0, -8.0], [1.25, -10.0, 0.75, 0.0]])
-    warped, valid = warp_to_view(feats, affines, [(48, 64), (48, 64)], (6, 8), [(40, 48), (36, 60)],
-                                 STRIDE)
+    warped, valid = warp_to_view(
+        feats, affines, [(48, 64), (48, 64)], (6, 8), [(40, 48), (36, 60)], STRIDE
+    )
     warped.sum().backward()
     grad = feats.grad
     # Exact path: every valid view cell copies one source cell once.
@@ -320,8 +343,11 @@ def check_view(out):
     assert len(set(vinst.gt_ids.tolist())) == len(vinst)
     source = {int(i): k for k, i in enumerate(instances.gt_ids)}
     # Exactly the instances of I that g leaves a part of are in the view.
-    kept = [int(i) for i, poly in zip(instances.gt_ids, instances.gt_masks.polygons)
-            if g.apply_polygons([p.reshape(-1, 2) for p in poly])]
+    kept = [
+        int(i)
+        for i, poly in zip(instances.gt_ids, instances.gt_masks.polygons)
+        if g.apply_polygons([p.reshape(-1, 2) for p in poly])
+    ]
     assert sorted(vinst.gt_ids.tolist()) == kept
     for k, gt_id in enumerate(vinst.gt_ids.tolist()):
         j = source[gt_id]
@@ -333,8 +359,12 @@ def check_view(out):
     # An instance of I lying inside the crop is in the view, with its box mapped by g.
     crop = g.transforms[0]
     for j, box in enumerate(instances.gt_boxes.tensor.tolist()):
-        if crop.x0 <= box[0] and crop.y0 <= box[1] and box[2] <= crop.x0 + crop.w \
-                and box[3] <= crop.y0 + crop.h:
+        if (
+            crop.x0 <= box[0]
+            and crop.y0 <= box[1]
+            and box[2] <= crop.x0 + crop.w
+            and box[3] <= crop.y0 + crop.h
+        ):
             k = vinst.gt_ids.tolist().index(int(instances.gt_ids[j]))
             mapped = torch.tensor(g.apply_box(np.array([box]))[0], dtype=torch.float32)
             assert (vinst.gt_boxes.tensor[k] - mapped).abs().max() < 1.0
@@ -368,8 +398,11 @@ def test_mapper_views_match_instances(image_dict, mask_format):
 
 
 def test_view_alignment_comes_from_the_backbone_strides():
-    shapes = {"res3": ShapeSpec(channels=4, stride=8), "c4": ShapeSpec(channels=4, stride=16),
-              "p5": ShapeSpec(channels=4, stride=64)}  # names that do not tell the stride
+    shapes = {
+        "res3": ShapeSpec(channels=4, stride=8),
+        "c4": ShapeSpec(channels=4, stride=16),
+        "p5": ShapeSpec(channels=4, stride=64),
+    }  # names that do not tell the stride
     assert view_alignment(shapes, ["res3", "c4"]) == 16
     assert view_alignment(shapes, ["p5"]) == 64
     for in_features in (["res3", "p9"], []):
@@ -377,11 +410,17 @@ def test_view_alignment_comes_from_the_backbone_strides():
             view_alignment(shapes, in_features)
 
     # The meta-device build reports what the real backbone does, and leaves the device alone.
-    cfg = make_cfg(**{"MODEL.RESNETS.DEPTH": 18, "MODEL.RESNETS.RES2_OUT_CHANNELS": 16,
-                      "MODEL.CONDINST.MASK_BRANCH.IN_FEATURES": ["p3", "p4"]})
+    cfg = make_cfg(
+        **{
+            "MODEL.RESNETS.DEPTH": 18,
+            "MODEL.RESNETS.RES2_OUT_CHANNELS": 16,
+            "MODEL.CONDINST.MASK_BRANCH.IN_FEATURES": ["p3", "p4"],
+        }
+    )
     assert backbone_output_shapes(cfg) == build_backbone(cfg).output_shape()
     assert torch.empty(1).device.type == "cpu"
     assert IUQDatasetMapper(cfg, True).view_align == 16
+
 
 def test_mapper_empty_views(image_dict):
     """A view may lose every instance, and an image may have none."""
@@ -443,8 +482,12 @@ def test_feature_loss_by_hand():
     assert torch.allclose(feature_equivariance_loss(a, b, valid, "cosine"), torch.tensor(0.5))
     for distance in ("l2", "cosine"):
         x = torch.randn(2, 8, 4, 5)
-        assert feature_equivariance_loss(x, x.clone(), torch.ones(2, 4, 5, dtype=torch.bool),
-                                         distance).abs().item() < 1e-6
+        assert (
+            feature_equivariance_loss(x, x.clone(), torch.ones(2, 4, 5, dtype=torch.bool), distance)
+            .abs()
+            .item()
+            < 1e-6
+        )
     with pytest.raises(ValueError, match="FEAT_DISTANCE"):
         feature_equivariance_loss(a, b, valid, "l1")
 

@@ -1,4 +1,5 @@
 """FCOS target assignment and losses against hand computations."""
+
 import math
 
 import pytest
@@ -31,10 +32,16 @@ def _one_level(h, w, stride):
 def test_assignment_without_center_sampling_marks_locations_inside_box():
     loc, levels = _one_level(4, 4, 8)  # centres at 4, 12, 20, 28
     gt = _gt([[0, 0, 16, 16]], [2])
-    t = assign_targets(loc, levels, [8], [], [gt], num_classes=3, center_sample=False, pos_radius=1.5)
+    t = assign_targets(
+        loc, levels, [8], [], [gt], num_classes=3, center_sample=False, pos_radius=1.5
+    )
     positive = (t.labels != 3).reshape(4, 4)
-    assert positive.tolist() == [[True, True, False, False], [True, True, False, False],
-                                 [False] * 4, [False] * 4]
+    assert positive.tolist() == [
+        [True, True, False, False],
+        [True, True, False, False],
+        [False] * 4,
+        [False] * 4,
+    ]
     assert set(t.labels[t.labels != 3].tolist()) == {2}
     # location (4, 4): l=4, t=4, r=12, b=12, divided by the stride 8
     assert t.reg_targets[0].tolist() == [0.5, 0.5, 1.5, 1.5]
@@ -44,7 +51,9 @@ def test_assignment_without_center_sampling_marks_locations_inside_box():
 def test_center_sampling_restricts_to_radius_around_centre():
     loc, levels = _one_level(8, 8, 8)
     gt = _gt([[0, 0, 64, 64]], [0])
-    t = assign_targets(loc, levels, [8], [], [gt], num_classes=1, center_sample=True, pos_radius=1.5)
+    t = assign_targets(
+        loc, levels, [8], [], [gt], num_classes=1, center_sample=True, pos_radius=1.5
+    )
     positive = (t.labels == 0).reshape(8, 8)
     # centre 32, radius 12: cells with centres 20 < x < 44 -> 28, 36
     rows = positive.nonzero()[:, 0].unique().tolist()
@@ -56,8 +65,16 @@ def test_smallest_box_wins_and_gt_inds_are_batch_global():
     loc, levels = _one_level(4, 4, 8)
     big = [0, 0, 32, 32]
     small = [0, 0, 16, 16]
-    t = assign_targets(loc, levels, [8], [], [_gt([[1, 1, 2, 2]], [0]), _gt([big, small], [1, 0])],
-                       num_classes=2, center_sample=False, pos_radius=1.5)
+    t = assign_targets(
+        loc,
+        levels,
+        [8],
+        [],
+        [_gt([[1, 1, 2, 2]], [0]), _gt([big, small], [1, 0])],
+        num_classes=2,
+        center_sample=False,
+        pos_radius=1.5,
+    )
     second = slice(16, 32)
     # (4, 4) lies in both boxes of the second image: the small one (its index 1, global 2) wins.
     assert t.labels[second][0].item() == 0 and t.gt_inds[second][0].item() == 2
@@ -72,14 +89,18 @@ def test_size_ranges_pick_the_level():
     levels = torch.cat([torch.zeros(64, dtype=torch.long), torch.ones(16, dtype=torch.long)])
     # Every point inside a 60 px box is >= 30 px from some side: beyond P3's bound of 20.
     gt = _gt([[2, 2, 62, 62]], [0])
-    t = assign_targets(loc, levels, [8, 16], [20], [gt], num_classes=1, center_sample=False, pos_radius=1.5)
+    t = assign_targets(
+        loc, levels, [8, 16], [20], [gt], num_classes=1, center_sample=False, pos_radius=1.5
+    )
     pos_levels = levels[t.labels == 0]
     assert len(pos_levels) > 0 and (pos_levels == 1).all()
 
 
 def test_empty_image_is_all_background():
     loc, levels = _one_level(2, 2, 8)
-    t = assign_targets(loc, levels, [8], [], [_gt([], [])], num_classes=5, center_sample=True, pos_radius=1.5)
+    t = assign_targets(
+        loc, levels, [8], [], [_gt([], [])], num_classes=5, center_sample=True, pos_radius=1.5
+    )
     assert (t.labels == 5).all() and (t.gt_inds == -1).all()
 
 

@@ -4,6 +4,7 @@ No test touches the network: wheels are built in tmp_path, pip installs only loc
 --no-index, and runs of the script that could call pip get a stand-in ``pip`` module that
 records its arguments instead.
 """
+
 import base64
 import csv
 import email.parser
@@ -45,7 +46,9 @@ def build_binary_wheel(directory: Path, name: str = "fakepkg", version: str = "1
     files = {
         f"{name}/__init__.py": FAKE_INIT.replace(b"fakepkg", name.encode()),
         f"{name}/_C.cpython-310-x86_64-linux-gnu.so": b"\x7fELF not really a shared object",
-        f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist_info}/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+        ),
         # Real WHEEL files end with a blank line, like an email header block.
         f"{dist_info}/WHEEL": (
             b"Wheel-Version: 1.0\nGenerator: setuptools (75.6.0)\n"
@@ -116,15 +119,28 @@ def test_pure_wheel_installs_and_imports(pure_wheel, tmp_path):
     _, dst = pure_wheel
     target = tmp_path / "site"
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index",
-         "--target", str(target), str(dst)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(dst),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert not list(target.rglob("*.so"))
     probe = "import fakepkg; print(fakepkg.VALUE, fakepkg._C, fakepkg.__file__)"
     out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(target)},
     )
     assert out.returncode == 0, out.stderr
@@ -138,16 +154,21 @@ def fake_pip_env(tmp_path, download_wheel=None):
     shadow = tmp_path / "fake_pip"
     (shadow / "pip").mkdir(parents=True, exist_ok=True)
     (shadow / "pip" / "__init__.py").write_text("")
-    (shadow / "pip" / "__main__.py").write_text(textwrap.dedent("""\
+    (shadow / "pip" / "__main__.py").write_text(
+        textwrap.dedent("""\
         import json, os, shutil, sys
         args = sys.argv[1:]
         with open(os.environ["FAKE_PIP_LOG"], "a") as f:
             f.write(json.dumps(args) + "\\n")
         if args[0] == "download":
             shutil.copy(os.environ["FAKE_PIP_WHEEL"], args[args.index("-d") + 1])
-        """))
-    env = {**os.environ, "FAKE_PIP_LOG": str(tmp_path / "pip.log"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))}
+        """)
+    )
+    env = {
+        **os.environ,
+        "FAKE_PIP_LOG": str(tmp_path / "pip.log"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")])),
+    }
     if download_wheel is not None:
         env["FAKE_PIP_WHEEL"] = str(download_wheel)
     return env
@@ -164,7 +185,9 @@ def test_main_keeps_importable_detectron2(tmp_path):
     cache = tmp_path / "cache"
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--cache-dir", str(cache)],
-        capture_output=True, text=True, env=fake_pip_env(tmp_path),
+        capture_output=True,
+        text=True,
+        env=fake_pip_env(tmp_path),
     )
     assert result.returncode == 0, result.stderr
     assert "leaving it as it is" in result.stdout
@@ -174,7 +197,7 @@ def test_main_keeps_importable_detectron2(tmp_path):
 
 
 def test_main_force_repacks_and_installs(tmp_path):
-    """The install path, offline: the 'downloaded' wheel is repacked into the cache and installed."""
+    """The install path, offline: the 'downloaded' wheel is repacked into the cache, installed."""
     module = load_script()
     downloads = tmp_path / "downloads"
     downloads.mkdir()
@@ -182,14 +205,18 @@ def test_main_force_repacks_and_installs(tmp_path):
     cache = tmp_path / "cache"
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--cache-dir", str(cache), "--force"],
-        capture_output=True, text=True, env=fake_pip_env(tmp_path, download_wheel=source),
+        capture_output=True,
+        text=True,
+        env=fake_pip_env(tmp_path, download_wheel=source),
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
     repacked = cache / module.REPACKED_NAME
     with zipfile.ZipFile(repacked) as zf:
         assert not [n for n in zf.namelist() if n.endswith(".so")]
-        wheel = email.parser.Parser().parsestr(zf.read("sal_detectron2-0.7.2.dist-info/WHEEL").decode())
+        wheel = email.parser.Parser().parsestr(
+            zf.read("sal_detectron2-0.7.2.dist-info/WHEEL").decode()
+        )
         assert wheel.get_all("Tag") == ["py3-none-any"]
 
     download, install_wheel, install_requirements = pip_calls(tmp_path)
@@ -202,7 +229,9 @@ def test_main_force_repacks_and_installs(tmp_path):
     (tmp_path / "pip.log").unlink()
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--cache-dir", str(cache), "--force"],
-        capture_output=True, text=True, env=fake_pip_env(tmp_path, download_wheel=source),
+        capture_output=True,
+        text=True,
+        env=fake_pip_env(tmp_path, download_wheel=source),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert [call[0] for call in pip_calls(tmp_path)] == ["install", "install"]

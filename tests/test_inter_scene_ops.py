@@ -4,6 +4,7 @@ CPU-only CI runs the tiled path, the weights, the dispatch and the triton AOT co
 interpreted triton kernels run in their own process (tests/triton_interp); real CUDA checks
 skip without a GPU.
 """
+
 import os
 import re
 import subprocess
@@ -14,18 +15,28 @@ import pytest
 import torch
 
 from iuq_d2.layers.inter_scene import (
-    _resolve_impl, inter_scene_focal_loss, inter_scene_weights,
+    _resolve_impl,
+    inter_scene_focal_loss,
+    inter_scene_weights,
     reference_inter_scene_focal_loss,
 )
-from iuq_d2.layers.inter_scene_tiled import TiledInterSceneLoss
 
 SHAPES = [(8, 10), (8, 8), (1, 8)]
 SHAPES_NO_COORDS = [(8, 8), (8, 8), (1, 8)]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def make_case(num_q, num_n, num_images=3, use_rel_coords=True, feats_grad=True, seed=0,
-              dtype=torch.float32, device="cpu", same_image=False):
+def make_case(
+    num_q,
+    num_n,
+    num_images=3,
+    use_rel_coords=True,
+    feats_grad=True,
+    seed=0,
+    dtype=torch.float32,
+    device="cpu",
+    same_image=False,
+):
     """Random queries and entries; ``same_image`` puts everything in image 0 (no valid pair)."""
     g = torch.Generator().manual_seed(seed)
     shapes = SHAPES if use_rel_coords else SHAPES_NO_COORDS
@@ -48,11 +59,18 @@ def make_case(num_q, num_n, num_images=3, use_rel_coords=True, feats_grad=True, 
 
 def run(case, shapes, impl, **kw):
     loss, stats = inter_scene_focal_loss(
-        case["params"], case["query_anchors"], case["query_soi"], case["query_images"],
-        case["pixel_feats"], case["pixel_anchors"], case["pixel_images"], shapes, impl=impl,
-        **kw)
-    inputs = [case["params"]] + ([case["pixel_feats"]] if case["pixel_feats"].requires_grad
-                                 else [])
+        case["params"],
+        case["query_anchors"],
+        case["query_soi"],
+        case["query_images"],
+        case["pixel_feats"],
+        case["pixel_anchors"],
+        case["pixel_images"],
+        shapes,
+        impl=impl,
+        **kw,
+    )
+    inputs = [case["params"]] + ([case["pixel_feats"]] if case["pixel_feats"].requires_grad else [])
     grads = torch.autograd.grad(loss, inputs, allow_unused=False)
     return loss, grads, stats
 
@@ -81,14 +99,20 @@ CASES = {
 @pytest.mark.parametrize("use_rel_coords", [True, False])
 @pytest.mark.parametrize("feats_grad", [True, False])
 def test_tiled_matches_reference(case_name, normalization, use_rel_coords, feats_grad):
-    case, shapes = make_case(**CASES[case_name], use_rel_coords=use_rel_coords,
-                             feats_grad=feats_grad)
-    ref = run(case, shapes, "reference", use_rel_coords=use_rel_coords,
-              normalization=normalization)
+    case, shapes = make_case(
+        **CASES[case_name], use_rel_coords=use_rel_coords, feats_grad=feats_grad
+    )
+    ref = run(case, shapes, "reference", use_rel_coords=use_rel_coords, normalization=normalization)
     # 8 * 6 * 7 floats per chunk: T = 7 entries, so 53 entries end on a partial chunk.
     for chunk_elems in (None, 8 * 6 * 7, 1):
-        tiled = run(case, shapes, "tiled", use_rel_coords=use_rel_coords,
-                    normalization=normalization, chunk_elems=chunk_elems)
+        tiled = run(
+            case,
+            shapes,
+            "tiled",
+            use_rel_coords=use_rel_coords,
+            normalization=normalization,
+            chunk_elems=chunk_elems,
+        )
         assert_same(tiled, ref)
     if case_name in ("no_valid_pair", "no_entries", "no_queries"):
         assert ref[0].item() == 0.0 and tiled[0].item() == 0.0
@@ -97,8 +121,18 @@ def test_tiled_matches_reference(case_name, normalization, use_rel_coords, feats
 def test_default_call_unchanged():
     """The positional call of the original API: pairs normalisation, auto impl."""
     case, shapes = make_case(7, 64)
-    args = [case[k] for k in ("params", "query_anchors", "query_soi", "query_images",
-                              "pixel_feats", "pixel_anchors", "pixel_images")]
+    args = [
+        case[k]
+        for k in (
+            "params",
+            "query_anchors",
+            "query_soi",
+            "query_images",
+            "pixel_feats",
+            "pixel_anchors",
+            "pixel_images",
+        )
+    ]
     loss, stats = inter_scene_focal_loss(*args, shapes)
     ref, ref_stats = reference_inter_scene_focal_loss(*args, shapes)
     torch.testing.assert_close(loss, ref)
@@ -109,20 +143,38 @@ def test_query_image_normalisation_by_hand():
     """Mean over each other image's entries, then over those images, then over queries."""
     case, shapes = make_case(5, 30, num_images=3, feats_grad=False)
     loss, _ = reference_inter_scene_focal_loss(
-        *[case[k] for k in ("params", "query_anchors", "query_soi", "query_images",
-                            "pixel_feats", "pixel_anchors", "pixel_images")],
-        shapes, normalization="query_image")
+        *[
+            case[k]
+            for k in (
+                "params",
+                "query_anchors",
+                "query_soi",
+                "query_images",
+                "pixel_feats",
+                "pixel_anchors",
+                "pixel_images",
+            )
+        ],
+        shapes,
+        normalization="query_image",
+    )
     # Per-pair focal losses from the reference with every pair weighted 1.
     num_q, num_n = 5, 30
     per_pair = torch.zeros(num_q, num_n)
     for q in range(num_q):
         for n in range(num_n):
-            sub = {k: case[k][q:q + 1] for k in ("params", "query_anchors", "query_soi")}
-            l, _ = reference_inter_scene_focal_loss(
-                sub["params"], sub["query_anchors"], sub["query_soi"], torch.tensor([-1]),
-                case["pixel_feats"][n:n + 1], case["pixel_anchors"][n:n + 1],
-                case["pixel_images"][n:n + 1], shapes)
-            per_pair[q, n] = l
+            sub = {k: case[k][q : q + 1] for k in ("params", "query_anchors", "query_soi")}
+            pair_loss, _ = reference_inter_scene_focal_loss(
+                sub["params"],
+                sub["query_anchors"],
+                sub["query_soi"],
+                torch.tensor([-1]),
+                case["pixel_feats"][n : n + 1],
+                case["pixel_anchors"][n : n + 1],
+                case["pixel_images"][n : n + 1],
+                shapes,
+            )
+            per_pair[q, n] = pair_loss
     q_img, p_img = case["query_images"], case["pixel_images"]
     per_query = []
     for q in range(num_q):
@@ -134,8 +186,9 @@ def test_query_image_normalisation_by_hand():
 
 
 def test_weights_are_linear_in_sizes():
-    qw, pw, num_pairs = inter_scene_weights(torch.tensor([0, 0, 1, 2]),
-                                            torch.tensor([0, 1, 1, 3, 3, 3]), "query_image")
+    qw, pw, num_pairs = inter_scene_weights(
+        torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 3, 3, 3]), "query_image"
+    )
     # Images with entries: 0 (1), 1 (2), 3 (3). Query 2 (image 2) sees all three.
     torch.testing.assert_close(pw, torch.tensor([1.0, 0.5, 0.5, 1 / 3, 1 / 3, 1 / 3]))
     torch.testing.assert_close(qw, torch.tensor([1 / 8, 1 / 8, 1 / 8, 1 / 12]))
@@ -147,12 +200,23 @@ def test_weights_are_linear_in_sizes():
 def test_tiled_gradcheck_fp64():
     case, shapes = make_case(3, 11, dtype=torch.float64)
     for normalization in ("pairs", "query_image"):
+
         def fn(params, feats):
             loss, _ = inter_scene_focal_loss(
-                params, case["query_anchors"], case["query_soi"], case["query_images"], feats,
-                case["pixel_anchors"], case["pixel_images"], shapes, impl="tiled",
-                normalization=normalization, chunk_elems=8 * 3 * 4)
+                params,
+                case["query_anchors"],
+                case["query_soi"],
+                case["query_images"],
+                feats,
+                case["pixel_anchors"],
+                case["pixel_images"],
+                shapes,
+                impl="tiled",
+                normalization=normalization,
+                chunk_elems=8 * 3 * 4,
+            )
             return loss
+
         assert torch.autograd.gradcheck(fn, (case["params"], case["pixel_feats"]))
 
 
@@ -208,24 +272,37 @@ def test_package_works_without_triton():
         "    raise AssertionError('triton impl ran without triton')\n"
     )
     env = dict(os.environ, PYTHONPATH=REPO)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=env, cwd=REPO, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
     assert result.returncode == 0, result.stderr
 
 
 # ---------------------------------------------------------------- triton ahead-of-time compile
 
+
 def _kernel_signatures():
     from iuq_d2.layers import inter_scene_triton as T
 
-    common = {"pack_ptr": "*fp32", "anchors_ptr": "*fp32", "feats_ptr": "*bf16",
-              "q_img_ptr": "*i64", "p_img_ptr": "*i64", "qw_ptr": "*fp32", "pw_ptr": "*fp32"}
+    common = {
+        "pack_ptr": "*fp32",
+        "anchors_ptr": "*fp32",
+        "feats_ptr": "*bf16",
+        "q_img_ptr": "*i64",
+        "p_img_ptr": "*i64",
+        "qw_ptr": "*fp32",
+        "pw_ptr": "*fp32",
+    }
     tail = {"Q": "i32", "N": "i32", "PK": "i32", "alpha": "fp32"}
     return {
-        "params": (T._params_kernel, {**common, "loss_ptr": "*fp32", "fire_ptr": "*i32",
-                                      "dpack_ptr": "*fp32", **tail}),
-        "feats": (T._feats_kernel, {**common, "dfeats_ptr": "*fp32", **tail,
-                                    "queries_per_group": "i32"}),
+        "params": (
+            T._params_kernel,
+            {**common, "loss_ptr": "*fp32", "fire_ptr": "*i32", "dpack_ptr": "*fp32", **tail},
+        ),
+        "feats": (
+            T._feats_kernel,
+            {**common, "dfeats_ptr": "*fp32", **tail, "queries_per_group": "i32"},
+        ),
     }
 
 
@@ -250,16 +327,28 @@ def test_triton_kernels_compile_without_spills(capability, kernel):
     signature = {**signature, **{k: "constexpr" for k in consts}}
     compiled = triton.compile(
         triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=consts),
-        target=GPUTarget("cuda", capability, 32), options={"num_warps": T.NUM_WARPS})
+        target=GPUTarget("cuda", capability, 32),
+        options={"num_warps": T.NUM_WARPS},
+    )
     assert compiled.asm["cubin"] and compiled.metadata.num_warps == T.NUM_WARPS
     arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "kernel.ptx")
         with open(ptx, "w") as f:
             f.write(compiled.asm["ptx"])
-        log = subprocess.run([get_ptxas(capability).path, "-v", f"--gpu-name={arch}", ptx,
-                              "-o", os.path.join(tmp, "kernel.cubin")],
-                             capture_output=True, text=True, check=True).stderr
+        log = subprocess.run(
+            [
+                get_ptxas(capability).path,
+                "-v",
+                f"--gpu-name={arch}",
+                ptx,
+                "-o",
+                os.path.join(tmp, "kernel.cubin"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
     spills = [int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
     assert spills and all(s == 0 for s in spills), log
 
@@ -268,7 +357,8 @@ def test_triton_kernels_compile_without_spills(capability, kernel):
 
 requires_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(),
-    reason="NO CUDA DEVICE: the triton kernels were not run on a GPU in this session")
+    reason="NO CUDA DEVICE: the triton kernels were not run on a GPU in this session",
+)
 
 
 @requires_cuda
@@ -276,8 +366,7 @@ requires_cuda = pytest.mark.skipif(
 @pytest.mark.parametrize("use_rel_coords", [True, False])
 def test_triton_matches_reference_on_gpu_fp32(normalization, use_rel_coords):
     pytest.importorskip("triton")
-    case, shapes = make_case(37, 1000, num_images=5, use_rel_coords=use_rel_coords,
-                             device="cuda")
+    case, shapes = make_case(37, 1000, num_images=5, use_rel_coords=use_rel_coords, device="cuda")
     kw = dict(use_rel_coords=use_rel_coords, normalization=normalization)
     ref = run(case, shapes, "reference", **kw)
     assert_same(run(case, shapes, "triton", **kw), ref, atol=1e-5, rtol=1e-4)
@@ -290,10 +379,14 @@ def test_triton_bf16_inputs_on_gpu():
     """bf16 params/feats: the kernel computes in fp32, so compare with the fp32 reference."""
     pytest.importorskip("triton")
     case, shapes = make_case(20, 300, device="cuda")
-    bf16 = {k: (v.detach().bfloat16().requires_grad_(v.requires_grad)
-                if v.is_floating_point() else v) for k, v in case.items()}
-    as_fp32 = {k: (v.detach().float().requires_grad_(v.requires_grad)
-                   if v.is_floating_point() else v) for k, v in bf16.items()}
+    bf16 = {
+        k: (v.detach().bfloat16().requires_grad_(v.requires_grad) if v.is_floating_point() else v)
+        for k, v in case.items()
+    }
+    as_fp32 = {
+        k: (v.detach().float().requires_grad_(v.requires_grad) if v.is_floating_point() else v)
+        for k, v in bf16.items()
+    }
     loss, grads, _ = run(bf16, shapes, "triton")
     ref_loss, ref_grads, _ = run(as_fp32, shapes, "reference")
     assert grads[0].dtype == torch.bfloat16 and grads[1].dtype == torch.bfloat16

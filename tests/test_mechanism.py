@@ -1,5 +1,6 @@
 """Mechanism measurements: hand-made heads, masks and banks with known answers, and one pass of
 a tiny model through them."""
+
 import math
 
 import pytest
@@ -46,16 +47,27 @@ def _image(image_id, size, feat_value, gt_box, gt_cells, detections):
 def _head():
     """One linear layer on [rel_x, rel_y, F] with sizes of interest 1: the logit is exactly
     the parameters' weighted sum, relative coordinates in pixels."""
-    return DynamicMaskHead(in_channels=1, channels=8, num_layers=1, disable_rel_coords=False,
-                           sizes_of_interest=[1] * 5, mask_out_stride=4)
+    return DynamicMaskHead(
+        in_channels=1,
+        channels=8,
+        num_layers=1,
+        disable_rel_coords=False,
+        sizes_of_interest=[1] * 5,
+        mask_out_stride=4,
+    )
 
 
 def _two_images(params_a, feat_b):
     """A (32 x 32, one instance at (0, 0, 20, 20) and its detection at (9, 10), one pixel left of
     its centre, plus a low-score one) and B (64 x 64, one instance on stride-4 cells 4..11,
     box (16, 16, 48, 48), centre (32, 32); no detections)."""
-    det_a = _detections((32, 32), [[0, 0, 20, 20], [0, 0, 20, 20]], [0.9, 0.1],
-                        [params_a, [0.0, 0.0, 0.0, 100.0]], [[9, 10], [9, 10]])
+    det_a = _detections(
+        (32, 32),
+        [[0, 0, 20, 20], [0, 0, 20, 20]],
+        [0.9, 0.1],
+        [params_a, [0.0, 0.0, 0.0, 100.0]],
+        [[9, 10], [9, 10]],
+    )
     image_a = _image(1, (32, 32), 0.0, [0, 0, 20, 20], (slice(0, 5), slice(0, 5)), det_a)
     det_b = _detections((64, 64), [], [], [], [])
     image_b = _image(2, (64, 64), feat_b, [16, 16, 48, 48], (slice(4, 12), slice(4, 12)), det_b)
@@ -84,8 +96,13 @@ def test_false_firing_of_a_head_reading_f(feat):
 
 def test_mask_sharpness_inside_and_outside_the_matched_box():
     # Box (8, 8, 24, 24) covers stride-4 cells 2..5; the mask is its left half.
-    det = _detections((32, 32), [[8, 8, 24, 24], [0, 28, 4, 32]], [0.9, 0.8],
-                      [[0.0] * 4, [0.0] * 4], [[16, 16], [2, 30]])
+    det = _detections(
+        (32, 32),
+        [[8, 8, 24, 24], [0, 28, 4, 32]],
+        [0.9, 0.8],
+        [[0.0] * 4, [0.0] * 4],
+        [[16, 16], [2, 30]],
+    )
     det.pred_global_masks = torch.full((2, 1, 8, 8), 0.2)
     det.pred_global_masks[:, 0, 2:6, 2:4] = 0.9
     image = _image(1, (32, 32), 0.0, [8, 8, 24, 24], (slice(2, 6), slice(2, 4)), det)
@@ -105,14 +122,22 @@ def tiny_model():
 
 def test_tiny_model_end_to_end(tiny_model):
     # Wider than 128 pixels: at 128 the stride-128 level is one cell, on which GroupNorm fails.
-    inputs = [make_input(96, 136, [[8, 8, 40, 32], [44, 20, 76, 60]], [0, 1], seed=1),
-              make_input(100, 144, [[10, 30, 50, 70]], [2], seed=2),
-              make_input(132, 96, [[4, 4, 28, 28]], [1], seed=3)]
+    inputs = [
+        make_input(96, 136, [[8, 8, 40, 32], [44, 20, 76, 60]], [0, 1], seed=1),
+        make_input(100, 144, [[10, 30, 50, 70]], [2], seed=2),
+        make_input(132, 96, [[4, 4, 28, 28]], [1], seed=3),
+    ]
     encoded = [encode_image(tiny_model, x) for x in inputs]
     for image in encoded:
         assert image.gt.gt_bitmasks.shape[-2:] == image.detections.pred_global_masks.shape[-2:]
-    stats = false_firing(tiny_model.mask_head, tiny_model.mask_branch.out_stride, encoded,
-                         score_thresh=0.0, max_per_image=4, num_others=2)
+    stats = false_firing(
+        tiny_model.mask_head,
+        tiny_model.mask_branch.out_stride,
+        encoded,
+        score_thresh=0.0,
+        max_per_image=4,
+        num_others=2,
+    )
     for s in stats.values():
         assert s.num_pairs == 3 * 2 * 4
         for value in (s.pair_frac_firing, s.pair_mean_prob, s.pixel_frac_firing, s.pixel_mean_prob):
@@ -122,14 +147,20 @@ def test_tiny_model_end_to_end(tiny_model):
 
 
 def _bank(feats, positions, image_ids, iters, valid):
-    return {"feats": feats, "positions": torch.tensor(positions, dtype=torch.float32),
-            "image_ids": torch.tensor(image_ids), "iters": torch.tensor(iters),
-            "valid": torch.tensor(valid), "ptr": torch.tensor(len(valid) - 1)}
+    return {
+        "feats": feats,
+        "positions": torch.tensor(positions, dtype=torch.float32),
+        "image_ids": torch.tensor(image_ids),
+        "iters": torch.tensor(iters),
+        "valid": torch.tensor(valid),
+        "ptr": torch.tensor(len(valid) - 1),
+    }
 
 
 def test_bank_ages_count_filled_entries_only():
-    bank = _bank(torch.zeros(4, 2), [[0, 0]] * 4, [1, 1, 2, -1], [10, 50, 90, 0],
-                 [True, True, True, False])
+    bank = _bank(
+        torch.zeros(4, 2), [[0, 0]] * 4, [1, 1, 2, -1], [10, 50, 90, 0], [True, True, True, False]
+    )
     ages = bank_ages(bank, iteration=100)
     assert (ages["num_filled"], ages["capacity"]) == (3, 4)
     assert (ages["age_mean"], ages["age_median"], ages["age_max"]) == (50.0, 50.0, 90.0)
@@ -138,8 +169,11 @@ def test_bank_ages_count_filled_entries_only():
 
 
 def test_read_bank_maps_both_prefixes():
-    old = {"query_bank.feats": torch.zeros(2, 3), "query_bank.valid": torch.ones(2),
-           "backbone.w": torch.zeros(1)}
+    old = {
+        "query_bank.feats": torch.zeros(2, 3),
+        "query_bank.valid": torch.ones(2),
+        "backbone.w": torch.zeros(1),
+    }
     assert sorted(read_bank(old)) == ["feats", "iters", "valid"]
     assert read_bank({"inter_scene.bank.valid": torch.ones(2)})["valid"].tolist() == [1, 1]
     assert read_bank({"backbone.w": torch.zeros(1)}) is None

@@ -1,4 +1,5 @@
 """The query bank and the inter-scene uniqueness loss."""
+
 import os
 
 import pytest
@@ -11,22 +12,31 @@ from iuq_d2.engine import AtomicCheckpointer
 from iuq_d2.layers import dynamic_mlp, parse_dynamic_params
 from iuq_d2.layers.inter_scene import inter_scene_focal_loss
 from iuq_d2.modeling.iuq import BankEntries, QueryBank
-from iuq_d2.strip_checkpoint import main as strip_main, strip_checkpoint
+from iuq_d2.strip_checkpoint import main as strip_main
+from iuq_d2.strip_checkpoint import strip_checkpoint
 
 from .conftest import make_input, tiny_config
 
 
 def iuq_config(**overrides):
-    return tiny_config(**{"MODEL.META_ARCHITECTURE": "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED": False,
-                          "MODEL.IUQ.INTER.BANK_SIZE": 500,
-                          "MODEL.IUQ.INTER.PIXELS_PER_INSTANCE": 6, **overrides})
+    return tiny_config(
+        **{
+            "MODEL.META_ARCHITECTURE": "IUQCondInst",
+            "MODEL.IUQ.EQUI.ENABLED": False,
+            "MODEL.IUQ.INTER.BANK_SIZE": 500,
+            "MODEL.IUQ.INTER.PIXELS_PER_INSTANCE": 6,
+            **overrides,
+        }
+    )
 
 
 def _entries(n, image_id=0, start=0.0, c=3):
     values = torch.arange(start, start + n, dtype=torch.float32)
     return BankEntries(
-        feats=values[:, None].repeat(1, c), positions=values[:, None].repeat(1, 2),
-        offsets=-values[:, None].repeat(1, 2), image_ids=torch.full((n,), image_id),
+        feats=values[:, None].repeat(1, c),
+        positions=values[:, None].repeat(1, 2),
+        offsets=-values[:, None].repeat(1, 2),
+        image_ids=torch.full((n,), image_id),
     )
 
 
@@ -72,7 +82,9 @@ def test_instance_balanced_sampling_counts_and_locations():
     assert len(set(map(tuple, entries.positions[big].tolist()))) == 7  # without replacement
     assert set(map(tuple, entries.positions[7:14].tolist())) <= {(44.0, 84.0), (52.0, 84.0)}
     assert set(map(tuple, entries.positions[14:].tolist())) == {(100.0, 12.0)}  # box centre cell
-    torch.testing.assert_close(entries.offsets[0], torch.tensor([48.0, 40.0]) - entries.positions[0])
+    torch.testing.assert_close(
+        entries.offsets[0], torch.tensor([48.0, 40.0]) - entries.positions[0]
+    )
     cell = ((entries.positions - 4) / 8).long()
     torch.testing.assert_close(entries.feats, feats[0, :, cell[:, 1], cell[:, 0]].t())
 
@@ -86,9 +98,11 @@ def _hand_loss(params, rel, feats, shapes, alpha=0.25, gamma=2.0):
             if rel[q][n] is None:
                 continue
             x = torch.cat([rel[q][n], feats[n]])[None, :, None]
-            logit = dynamic_mlp(x, [w[q: q + 1] for w in weights], [b[q: q + 1] for b in biases])[0, 0, 0]
+            logit = dynamic_mlp(x, [w[q : q + 1] for w in weights], [b[q : q + 1] for b in biases])[
+                0, 0, 0
+            ]
             p = torch.sigmoid(logit)
-            total += -(1 - alpha) * p ** gamma * torch.log(1 - p)
+            total += -(1 - alpha) * p**gamma * torch.log(1 - p)
             count += 1
     return total / count
 
@@ -103,9 +117,13 @@ def test_focal_loss_and_same_image_masking_by_hand():
     feats = torch.randn(4, 3)
     p_anchor = torch.randn(4, 2) * 50
     p_img = torch.tensor([0, 1, 2, 2])
-    loss, stats = inter_scene_focal_loss(params, q_anchor, soi, q_img, feats, p_anchor, p_img, shapes)
-    rel = [[None if p_img[n] == q_img[q] else (q_anchor[q] - p_anchor[n]) / soi[q] for n in range(4)]
-           for q in range(2)]
+    loss, stats = inter_scene_focal_loss(
+        params, q_anchor, soi, q_img, feats, p_anchor, p_img, shapes
+    )
+    rel = [
+        [None if p_img[n] == q_img[q] else (q_anchor[q] - p_anchor[n]) / soi[q] for n in range(4)]
+        for q in range(2)
+    ]
     assert stats.num_pairs.item() == 6
     torch.testing.assert_close(loss, _hand_loss(params, rel, feats, shapes))
 
@@ -113,8 +131,16 @@ def test_focal_loss_and_same_image_masking_by_hand():
 def test_no_valid_pair_gives_zero_with_graph():
     shapes = [(8, 5), (8, 8), (1, 8)]
     params = torch.randn(1, sum(o * i + o for o, i in shapes), requires_grad=True)
-    loss, stats = inter_scene_focal_loss(params, torch.zeros(1, 2), torch.ones(1), torch.tensor([3]),
-                                         torch.randn(5, 3), torch.zeros(5, 2), torch.full((5,), 3), shapes)
+    loss, stats = inter_scene_focal_loss(
+        params,
+        torch.zeros(1, 2),
+        torch.ones(1),
+        torch.tensor([3]),
+        torch.randn(5, 3),
+        torch.zeros(5, 2),
+        torch.full((5,), 3),
+        shapes,
+    )
     assert loss.item() == 0.0 and stats.num_pairs.item() == 0
     loss.backward()
     assert params.grad is not None
@@ -123,8 +149,16 @@ def test_no_valid_pair_gives_zero_with_graph():
 def test_no_query_gives_zero_with_graph():
     shapes = [(8, 5), (8, 8), (1, 8)]
     params = torch.zeros(0, sum(o * i + o for o, i in shapes), requires_grad=True)
-    loss, stats = inter_scene_focal_loss(params, torch.zeros(0, 2), torch.ones(0), torch.zeros(0, dtype=torch.long),
-                                         torch.randn(5, 3), torch.zeros(5, 2), torch.arange(5), shapes)
+    loss, stats = inter_scene_focal_loss(
+        params,
+        torch.zeros(0, 2),
+        torch.ones(0),
+        torch.zeros(0, dtype=torch.long),
+        torch.randn(5, 3),
+        torch.zeros(5, 2),
+        torch.arange(5),
+        shapes,
+    )
     assert loss.item() == 0.0 and stats.num_pairs.item() == 0
     loss.backward()
     assert params.grad is not None
@@ -133,7 +167,9 @@ def test_no_query_gives_zero_with_graph():
 @pytest.mark.parametrize("mode", ["instance_centered", "overlay"])
 def test_relative_coordinates_of_the_two_modes(mode):
     """With a head whose logit is relu(rel_x) (features ignored), the loss reveals rel_x."""
-    model = build_model(iuq_config(**{"MODEL.IUQ.INTER.COORDS": mode, "MODEL.IUQ.INTER.NUM_NEGATIVES": 0}))
+    model = build_model(
+        iuq_config(**{"MODEL.IUQ.INTER.COORDS": mode, "MODEL.IUQ.INTER.NUM_NEGATIVES": 0})
+    )
     head = model.mask_head
     c = head.in_channels
     params = torch.zeros(1, head.num_params)
@@ -144,19 +180,25 @@ def test_relative_coordinates_of_the_two_modes(mode):
     queries.locations = torch.tensor([[200.0, 40.0]])
     queries.fpn_levels = torch.tensor([1])  # size of interest 128
     queries.im_inds = torch.tensor([0])
-    # One instance in image 1: box centre (52, 60); its only covered cell centres are (44, 60), (52, 60).
-    batch = [make_input(64, 64, [], [], seed=0), make_input(96, 128, [[40, 56, 58, 64]], [0], seed=1)]
+    # One instance in image 1: box centre (52, 60); its only covered cell centres are (44, 60)
+    # and (52, 60).
+    batch = [
+        make_input(64, 64, [], [], seed=0),
+        make_input(96, 128, [[40, 56, 58, 64]], [0], seed=1),
+    ]
     images, gt = _prepared(model, batch)
     outputs = type("Out", (), {"mask_feats": torch.zeros(2, c, 12, 16)})
     with EventStorage():
-        loss = model.inter_scene(outputs.mask_feats, queries, gt, torch.tensor([0, 1]), 0)["loss_inter"]
+        loss = model.inter_scene(outputs.mask_feats, queries, gt, torch.tensor([0, 1]), 0)[
+            "loss_inter"
+        ]
     pixels = model.inter_scene.bank.positions[: model.inter_scene.bank.num_filled]
     if mode == "instance_centered":
         rel_x = (49.0 - pixels[:, 0]) / 128  # box centre x is (40 + 58) / 2 = 49
     else:
         rel_x = (200.0 - pixels[:, 0]) / 128
     p = torch.sigmoid(rel_x.clamp(min=0))
-    expected = (0.75 * p ** 2 * -torch.log(1 - p)).mean()
+    expected = (0.75 * p**2 * -torch.log(1 - p)).mean()
     torch.testing.assert_close(loss, expected)
 
 
@@ -175,7 +217,12 @@ def test_training_step_fills_bank_and_logs():
         assert "loss_inter" in losses and torch.isfinite(losses["loss_inter"])
         assert model.inter_scene.bank.num_filled == 3 * 6
         latest = storage.latest()
-        for key in ("iuq/bank_fill", "iuq/inter_frac_firing", "iuq/entries_this_rank", "iuq/entries_gathered"):
+        for key in (
+            "iuq/bank_fill",
+            "iuq/inter_frac_firing",
+            "iuq/entries_this_rank",
+            "iuq/entries_gathered",
+        ):
             assert key in latest
         assert latest["iuq/entries_this_rank"][0] == 18
 
@@ -190,7 +237,9 @@ def test_inter_loss_reaches_only_the_query_path():
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert grads["controller.weight"] is not None and grads["controller.weight"].abs().sum() > 0
     tower = [n for n in grads if n.startswith("proposal_generator.fcos_head.bbox_tower")]
-    assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in tower if n.endswith("weight"))
+    assert all(
+        grads[n] is not None and grads[n].abs().sum() > 0 for n in tower if n.endswith("weight")
+    )
     assert all(grads[n] is None for n in grads if n.startswith("mask_branch."))
     assert all(grads[n] is None for n in grads if n.startswith("proposal_generator.fcos_head.cls_"))
 
@@ -229,10 +278,13 @@ def test_bank_checkpoint_round_trip_and_strip(tmp_path):
         model(_two_image_batch())
     AtomicCheckpointer(model, str(tmp_path)).save("model_x")
     restored = build_model(iuq_config())
-    AtomicCheckpointer(restored, str(tmp_path)).resume_or_load(os.path.join(tmp_path, "model_x.pth"))
+    AtomicCheckpointer(restored, str(tmp_path)).resume_or_load(
+        os.path.join(tmp_path, "model_x.pth")
+    )
     for name in ("feats", "positions", "offsets", "image_ids", "valid", "iters", "ptr"):
-        assert torch.equal(getattr(model.inter_scene.bank, name),
-                           getattr(restored.inter_scene.bank, name)), name
+        assert torch.equal(
+            getattr(model.inter_scene.bank, name), getattr(restored.inter_scene.bank, name)
+        ), name
     assert restored.inter_scene.bank.num_filled == 18
 
     strip_main([str(tmp_path / "model_x.pth"), str(tmp_path / "deploy.pth")])
@@ -247,8 +299,11 @@ def test_checkpoint_with_the_old_bank_keys_loads(tmp_path):
     with EventStorage():
         model(_two_image_batch())
     # Before the criteria, the bank sat at query_bank.* and had no iters buffer.
-    old = {k.replace("inter_scene.bank.", "query_bank."): v for k, v in model.state_dict().items()
-           if k != "inter_scene.bank.iters"}
+    old = {
+        k.replace("inter_scene.bank.", "query_bank."): v
+        for k, v in model.state_dict().items()
+        if k != "inter_scene.bank.iters"
+    }
     old["query_bank.classes"] = torch.zeros(500, dtype=torch.int64)
     restored = build_model(iuq_config())
     restored.load_state_dict(old, strict=True)
@@ -282,8 +337,11 @@ def test_batch_entry_cap_bounds_the_pairs_but_every_entry_enters_the_bank():
 @pytest.mark.parametrize("attached", [False, True])
 def test_batch_entry_grad_reaches_the_mask_branch_only_when_asked(attached):
     torch.manual_seed(0)
-    model = build_model(iuq_config(**{"MODEL.IUQ.INTER.BATCH_ENTRY_GRAD": attached,
-                                      "MODEL.IUQ.INTER.NUM_NEGATIVES": 0}))
+    model = build_model(
+        iuq_config(
+            **{"MODEL.IUQ.INTER.BATCH_ENTRY_GRAD": attached, "MODEL.IUQ.INTER.NUM_NEGATIVES": 0}
+        )
+    )
     with EventStorage():
         losses = model(_two_image_batch())
     losses["loss_inter"].backward()

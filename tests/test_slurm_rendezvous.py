@@ -1,4 +1,5 @@
 """The Slurm launcher without Slurm: hostlists, the rendezvous table, requeue arguments, dry run."""
+
 import multiprocessing
 import subprocess
 import sys

@@ -1,6 +1,7 @@
 """End-to-end training through train_net's entry points on small generated datasets:
 the loss goes down, --eval-only reproduces the final evaluation, --resume restores the state,
 and two CPU processes train together."""
+
 import json
 import os
 
@@ -33,10 +34,23 @@ def _args(output_dir, small_shapes, *extra, config=DEMO_CONFIG, eval_only=False,
     argv += ["--eval-only"] if eval_only else []
     argv += ["--resume"] if resume else []
     argv += [
-        "DATASETS.CUSTOM_COCO", repr(small_shapes),
-        "DATASETS.TRAIN", "('small_train',)", "DATASETS.TEST", "('small_val',)",
-        "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "5", "SOLVER.STEPS", "()",
-        "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(output_dir), *extra,
+        "DATASETS.CUSTOM_COCO",
+        repr(small_shapes),
+        "DATASETS.TRAIN",
+        "('small_train',)",
+        "DATASETS.TEST",
+        "('small_val',)",
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "SOLVER.WARMUP_ITERS",
+        "5",
+        "SOLVER.STEPS",
+        "()",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "OUTPUT_DIR",
+        str(output_dir),
+        *extra,
     ]
     return build_argument_parser().parse_args(argv)
 
@@ -59,17 +73,35 @@ def test_instant_training_loss_goes_down_and_eval_only_reproduces_it(tmp_path, s
 
     # The end-of-training evaluation is in the trainer's storage; --eval-only must reproduce it.
     final = trainer.storage.latest()
-    again = main(_args(tmp_path / "eval", small_shapes, "MODEL.WEIGHTS", str(out / "model_final.pth"),
-                       eval_only=True))
+    again = main(
+        _args(
+            tmp_path / "eval",
+            small_shapes,
+            "MODEL.WEIGHTS",
+            str(out / "model_final.pth"),
+            eval_only=True,
+        )
+    )
     flat = {f"{task}/{k}": v for task, metrics in again.items() for k, v in metrics.items()}
     assert {"bbox/AP", "segm/AP", "segm/AP50"} <= set(flat)
     for key, value in flat.items():
         assert final[key][0] == pytest.approx(value, abs=1e-12, nan_ok=True), key
 
     val_images = small_shapes[1][2]
-    written = visualize_main(["--config-file", DEMO_CONFIG, "--weights", str(out / "model_final.pth"),
-                              "--input", os.path.join(val_images, "000000.png"), "--output", str(tmp_path / "vis"),
-                              "--score-threshold", "0"])
+    written = visualize_main(
+        [
+            "--config-file",
+            DEMO_CONFIG,
+            "--weights",
+            str(out / "model_final.pth"),
+            "--input",
+            os.path.join(val_images, "000000.png"),
+            "--output",
+            str(tmp_path / "vis"),
+            "--score-threshold",
+            "0",
+        ]
+    )
     drawn = cv2.imread(written[0])
     source = cv2.imread(os.path.join(val_images, "000000.png"))
     assert drawn.shape == source.shape and not np.array_equal(drawn, source)
@@ -77,9 +109,20 @@ def test_instant_training_loss_goes_down_and_eval_only_reproduces_it(tmp_path, s
 
 def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path, small_shapes):
     out = tmp_path / "run"
-    extra = ("SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "6", "SOLVER.STEPS", "(8,)",
-             "TEST.EVAL_PERIOD", "0", "MODEL.META_ARCHITECTURE", "IUQCondInst",
-             "INPUT.DATASET_MAPPER_NAME", "iuq")
+    extra = (
+        "SOLVER.MAX_ITER",
+        "12",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "6",
+        "SOLVER.STEPS",
+        "(8,)",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "MODEL.META_ARCHITECTURE",
+        "IUQCondInst",
+        "INPUT.DATASET_MAPPER_NAME",
+        "iuq",
+    )
     main(_args(out, small_shapes, *extra, "DATASETS.TEST", "()"))
     saved = torch.load(out / "model_0000005.pth", weights_only=False)
     # Pretend the run died after the checkpoint of iteration 5.
@@ -99,7 +142,9 @@ def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path, small_shape
     opt_state = trainer.optimizer.state_dict()["state"]
     for index, state in saved["trainer"]["_trainer"]["optimizer"]["state"].items():
         for name, value in state.items():  # AdamW's step, exp_avg and exp_avg_sq
-            assert torch.equal(torch.as_tensor(opt_state[index][name]), torch.as_tensor(value)), name
+            assert torch.equal(torch.as_tensor(opt_state[index][name]), torch.as_tensor(value)), (
+                name
+            )
     trainer.train()
     iters = [m["iteration"] for m in _metrics(out)]
     assert iters[-1] == 11
@@ -108,9 +153,20 @@ def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path, small_shape
 
 def test_two_cpu_processes_train_with_gloo(tmp_path, small_shapes):
     out = tmp_path / "ddp"
-    args = _args(out, small_shapes, "SOLVER.MAX_ITER", "6", "TEST.EVAL_PERIOD", "0",
-                 "MODEL.META_ARCHITECTURE", "IUQCondInst", "INPUT.DATASET_MAPPER_NAME", "iuq",
-                 "DATASETS.TEST", "()")
+    args = _args(
+        out,
+        small_shapes,
+        "SOLVER.MAX_ITER",
+        "6",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "MODEL.META_ARCHITECTURE",
+        "IUQCondInst",
+        "INPUT.DATASET_MAPPER_NAME",
+        "iuq",
+        "DATASETS.TEST",
+        "()",
+    )
     args.num_gpus = 2
     run(args)
     assert os.path.exists(out / "model_final.pth")
@@ -122,6 +178,12 @@ def test_train_net_script_help_runs():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), "--help"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "--eval-only" in result.stdout and "--num-gpus" in result.stdout
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train_net.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        result.returncode == 0 and "--eval-only" in result.stdout and "--num-gpus" in result.stdout
+    )

@@ -5,6 +5,7 @@ The name, not the model's meta-architecture, decides what the loader produces, s
 data side of the data/model contract is stated in the config (as Mask2Former does); the check
 turns a mismatch into an error at set-up that names the key.
 """
+
 from typing import Dict, Type
 
 from detectron2.config import CfgNode
@@ -25,8 +26,9 @@ def train_mapper_class(cfg: CfgNode) -> Type[CondInstDatasetMapper]:
     """The class of ``INPUT.DATASET_MAPPER_NAME``, or a ValueError naming the key."""
     name = cfg.INPUT.DATASET_MAPPER_NAME
     if name not in DATASET_MAPPERS:
-        raise ValueError(f"INPUT.DATASET_MAPPER_NAME must be one of {sorted(DATASET_MAPPERS)}, "
-                         f"got {name!r}")
+        raise ValueError(
+            f"INPUT.DATASET_MAPPER_NAME must be one of {sorted(DATASET_MAPPERS)}, got {name!r}"
+        )
     return DATASET_MAPPERS[name]
 
 
@@ -40,10 +42,14 @@ def check_mapper_views(cfg: CfgNode, mapper_class: Type[CondInstDatasetMapper]) 
         return
     name = cfg.INPUT.DATASET_MAPPER_NAME
     if needs_views:
-        raise ValueError(f"IUQCondInst with MODEL.IUQ.EQUI.ENABLED trains on equivariance views, "
-                         f"which INPUT.DATASET_MAPPER_NAME {name!r} does not make: set it to "
-                         "'iuq' (or MODEL.IUQ.EQUI.ENABLED False)")
-    raise ValueError(f"INPUT.DATASET_MAPPER_NAME {name!r} makes equivariance views, which only "
-                     f"IUQCondInst with MODEL.IUQ.EQUI.ENABLED trains on (MODEL.META_ARCHITECTURE "
-                     f"is {cfg.MODEL.META_ARCHITECTURE!r}, MODEL.IUQ.EQUI.ENABLED "
-                     f"{cfg.MODEL.IUQ.EQUI.ENABLED}): set it to 'condinst'")
+        raise ValueError(
+            f"IUQCondInst with MODEL.IUQ.EQUI.ENABLED trains on equivariance views, "
+            f"which INPUT.DATASET_MAPPER_NAME {name!r} does not make: set it to "
+            "'iuq' (or MODEL.IUQ.EQUI.ENABLED False)"
+        )
+    raise ValueError(
+        f"INPUT.DATASET_MAPPER_NAME {name!r} makes equivariance views, which only "
+        f"IUQCondInst with MODEL.IUQ.EQUI.ENABLED trains on (MODEL.META_ARCHITECTURE "
+        f"is {cfg.MODEL.META_ARCHITECTURE!r}, MODEL.IUQ.EQUI.ENABLED "
+        f"{cfg.MODEL.IUQ.EQUI.ENABLED}): set it to 'condinst'"
+    )

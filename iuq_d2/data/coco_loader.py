@@ -61,13 +61,15 @@ def coco_dataset_dicts(
     dataset_dicts = []
     for image in sorted(data["images"], key=lambda image: image["id"]):
         objs = (_instance(ann, id_map, skipped) for ann in annotations[image["id"]])
-        dataset_dicts.append({
-            "file_name": os.path.join(image_root, image["file_name"]),
-            "height": image["height"],
-            "width": image["width"],
-            "image_id": image["id"],
-            "annotations": [obj for obj in objs if obj is not None],
-        })
+        dataset_dicts.append(
+            {
+                "file_name": os.path.join(image_root, image["file_name"]),
+                "height": image["height"],
+                "width": image["width"],
+                "image_id": image["id"],
+                "annotations": [obj for obj in objs if obj is not None],
+            }
+        )
     logger.info(f"Loaded {len(dataset_dicts)} images in COCO format from {json_file}")
     if any(skipped.values()):
         logger.warning(

@@ -106,7 +106,9 @@ def check_coco(data: Any, json_file: str) -> None:
                 "'categories'."
             )
         if ann.get("ignore", 0):
-            raise ValueError(f"{where} has 'ignore' set, which is not supported: mark such a "
-                             "region 'iscrowd': 1 instead.")
+            raise ValueError(
+                f"{where} has 'ignore' set, which is not supported: mark such a "
+                "region 'iscrowd': 1 instead."
+            )
         _check_segmentation(ann.get("segmentation"), where)
         _check_bbox(ann.get("bbox"), where)

@@ -1,4 +1,5 @@
-"""Dataset registration for iuq_d2: the built-in synthetic splits (shapes, cells) and the COCO-format
+"""Dataset registration for iuq_d2: the built-in synthetic splits (shapes, cells) and the
+COCO-format
 datasets listed in ``DATASETS.CUSTOM_COCO``, both loaded by the checked COCO loader
 (``coco_loader``), and the set-up check of the class count against the datasets.
 """
@@ -14,10 +15,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .coco_loader import coco_dataset_dicts, load_coco_json_checked
-from .coco_validation import coco_thing_classes, read_json
 from .cells import CELLS_CLASSES, CELLS_SPLITS, generate_cells
 from .cells import GENERATOR_VERSION as CELLS_VERSION
+from .coco_loader import coco_dataset_dicts, load_coco_json_checked
+from .coco_validation import coco_thing_classes, read_json
 from .shapes import GENERATOR_VERSION, SHAPES_CLASSES, SHAPES_SPLITS, generate_shapes
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class SyntheticDataset:
@@ -97,8 +99,9 @@ def ensure_shapes(out_dir: str, num_images: int, seed: int) -> str:
     return ensure_generated(out_dir, num_images, seed, generate_shapes)
 
 
-def _load_generated(name: str, out_dir: str, num_images: int, seed: int,
-                    generate: Callable[[str, int, int], str]) -> List[Dict[str, Any]]:
+def _load_generated(
+    name: str, out_dir: str, num_images: int, seed: int, generate: Callable[[str, int, int], str]
+) -> List[Dict[str, Any]]:
     json_file = ensure_generated(out_dir, num_images, seed, generate)
     return load_coco_json_checked(json_file, os.path.join(out_dir, "images"), name)
 
@@ -123,8 +126,12 @@ def register_builtin_datasets(cache_root: Optional[str] = None) -> None:
                     continue
                 DatasetCatalog.remove(name)
                 MetadataCatalog.remove(name)
-            DatasetCatalog.register(name, functools.partial(
-                _load_generated, name, out_dir, num_images, seed, dataset.generate))
+            DatasetCatalog.register(
+                name,
+                functools.partial(
+                    _load_generated, name, out_dir, num_images, seed, dataset.generate
+                ),
+            )
             # COCOEvaluator reads json_file. It exists once the dataset was loaded, which
             # DefaultTrainer.test does (build_test_loader) before it builds the evaluator.
             MetadataCatalog.get(name).set(

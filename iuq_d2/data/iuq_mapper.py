@@ -1,4 +1,5 @@
 """The training mapper of IUQ's equivariance: every image comes with a geometric view g(I)."""
+
 import importlib.util
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -57,18 +58,24 @@ class IUQDatasetMapper(CondInstDatasetMapper):
         super().__init__(is_train, **kwargs)
         # detectron2 crops polygons with shapely; fail here rather than in a loader worker.
         if is_train and self.use_instance_mask and importlib.util.find_spec("shapely") is None:
-            raise ImportError("IUQDatasetMapper crops polygon masks, which needs shapely "
-                              "(pip install shapely)")
+            raise ImportError(
+                "IUQDatasetMapper crops polygon masks, which needs shapely (pip install shapely)"
+            )
         lo, hi = view_crop_size
         if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"view_crop_size (MODEL.IUQ.EQUI.CROP_SIZE) must satisfy "
-                             f"0 < min <= max <= 1, got {tuple(view_crop_size)}")
+            raise ValueError(
+                f"view_crop_size (MODEL.IUQ.EQUI.CROP_SIZE) must satisfy "
+                f"0 < min <= max <= 1, got {tuple(view_crop_size)}"
+            )
         if len(view_scales) == 0 or min(view_scales) <= 0:
-            raise ValueError(f"view_scales (MODEL.IUQ.EQUI.SCALES) must be positive factors, "
-                             f"got {tuple(view_scales)}")
+            raise ValueError(
+                f"view_scales (MODEL.IUQ.EQUI.SCALES) must be positive factors, "
+                f"got {tuple(view_scales)}"
+            )
         if not 0.0 <= view_flip_prob <= 1.0:
-            raise ValueError(f"view_flip_prob (MODEL.IUQ.EQUI.FLIP_PROB) must be in [0, 1], "
-                             f"got {view_flip_prob}")
+            raise ValueError(
+                f"view_flip_prob (MODEL.IUQ.EQUI.FLIP_PROB) must be in [0, 1], got {view_flip_prob}"
+            )
         self.view_crop_size = (float(lo), float(hi))
         self.view_scales = tuple(float(s) for s in view_scales)
         self.view_flip_prob = float(view_flip_prob)
@@ -97,8 +104,9 @@ class IUQDatasetMapper(CondInstDatasetMapper):
         # The ids travel through the base conversion as class ids, so that its crowd and
         # empty-instance filtering decides which ids survive; the classes are restored after.
         tagged = [dict(obj, category_id=index) for index, obj in enumerate(annotations)]
-        classes = torch.as_tensor([int(obj["category_id"]) for obj in annotations],
-                                  dtype=torch.int64)
+        classes = torch.as_tensor(
+            [int(obj["category_id"]) for obj in annotations], dtype=torch.int64
+        )
         instances = self.annotations_to_instances(tagged, transforms, image_shape)
         instances.gt_ids = instances.gt_classes
         instances.gt_classes = classes[instances.gt_ids]
@@ -110,7 +118,10 @@ class IUQDatasetMapper(CondInstDatasetMapper):
         dataset_dict = dict(dataset_dict)
         image, transforms = self.augment(self.load_image(dataset_dict))
         view_transforms = sample_view_transforms(
-            image.shape[:2], self.view_crop_size, self.view_scales, self.view_flip_prob,
+            image.shape[:2],
+            self.view_crop_size,
+            self.view_scales,
+            self.view_flip_prob,
             self.view_align,
         )
         view_image = view_transforms.apply_image(image)
@@ -118,8 +129,9 @@ class IUQDatasetMapper(CondInstDatasetMapper):
         view = {
             "image": _to_chw_tensor(view_image),
             "transforms": view_transforms,
-            "affine": torch.tensor(transform_to_affine(view_transforms, image.shape[:2]),
-                                   dtype=torch.float32),
+            "affine": torch.tensor(
+                transform_to_affine(view_transforms, image.shape[:2]), dtype=torch.float32
+            ),
         }
         annotations = dataset_dict.pop("annotations", None)
         if annotations is not None:
@@ -139,4 +151,3 @@ class IUQDatasetMapper(CondInstDatasetMapper):
 
 def _to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-

@@ -5,6 +5,7 @@ A view's crop must shift every feature level fused into the mask feature F by wh
 The strides are the backbone's own (``Backbone.output_shape()``), not guessed from the level
 names, so that a backbone with other names or strides aligns the views to its real grid.
 """
+
 from typing import Dict, Mapping, Sequence
 
 import torch
@@ -26,8 +27,10 @@ def backbone_output_shapes(cfg: CfgNode) -> Dict[str, ShapeSpec]:
 def view_alignment(shapes: Mapping[str, ShapeSpec], in_features: Sequence[str]) -> int:
     """The coarsest stride among the backbone outputs ``in_features`` (those fused into F)."""
     if not in_features or any(name not in shapes for name in in_features):
-        raise ValueError(f"MODEL.CONDINST.MASK_BRANCH.IN_FEATURES must name backbone outputs "
-                         f"({sorted(shapes)}), got {list(in_features)}")
+        raise ValueError(
+            f"MODEL.CONDINST.MASK_BRANCH.IN_FEATURES must name backbone outputs "
+            f"({sorted(shapes)}), got {list(in_features)}"
+        )
     return max(shapes[name].stride for name in in_features)
 
 

@@ -4,6 +4,7 @@ A view is an aligned crop, an optional horizontal flip and a rescale. All three 
 pixel coordinates by an axis-aligned scale and translation, which :func:`transform_to_affine`
 extracts so that the model can warp the original's feature map into the view.
 """
+
 from typing import Sequence, Tuple
 
 import numpy as np
@@ -33,8 +34,9 @@ def sample_view_transforms(
     h, w = image_size
     cells_h, cells_w = (h - 1) // align, (w - 1) // align
     if cells_h == 0 or cells_w == 0:
-        raise ValueError(f"Cannot crop a view aligned to {align} from an image of size "
-                         f"{tuple(image_size)}")
+        raise ValueError(
+            f"Cannot crop a view aligned to {align} from an image of size {tuple(image_size)}"
+        )
     rel_h, rel_w = np.random.uniform(crop_size[0], crop_size[1], size=2)
     crop_h = int(np.clip(round(rel_h * cells_h), 1, cells_h)) * align + 1
     crop_w = int(np.clip(round(rel_w * cells_w), 1, cells_w)) * align + 1

@@ -1,7 +1,8 @@
 """A DetectionCheckpointer whose files are never seen half-written."""
+
 import os
 import tempfile
-from typing import Any, Callable, IO
+from typing import IO, Any, Callable
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer

@@ -1,4 +1,5 @@
 """The one way iuq_d2's entry points turn a config file and overrides into a config."""
+
 import logging
 from typing import Optional, Sequence
 

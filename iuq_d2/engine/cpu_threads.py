@@ -1,4 +1,5 @@
 """How many intra-op threads a training process runs on the CPU, for local and Slurm runs alike."""
+
 import os
 from typing import Optional
 

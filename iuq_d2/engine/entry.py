@@ -2,6 +2,7 @@
 
 The Slurm launcher (:mod:`iuq_d2.engine.slurm`) runs the same :func:`run` on every node.
 """
+
 import argparse
 import logging
 import multiprocessing

@@ -1,12 +1,19 @@
 """The training loop: detectron2's DefaultTrainer with iuq_d2's data, evaluation and
 checkpointing."""
+
 import logging
 import os
 import weakref
 
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+)
 from detectron2.evaluation import COCOEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
@@ -38,7 +45,9 @@ class Trainer(DefaultTrainer):
             device_ids=[comm.get_local_rank()] if on_gpu else None,
             find_unused_parameters=cfg.MODEL.DDP_FIND_UNUSED_PARAMETERS,
         )
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -54,7 +63,9 @@ class Trainer(DefaultTrainer):
         if name == "SGD":
             return super().build_optimizer(cfg, model)
         if name != "ADAMW":
-            raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}")
+            raise ValueError(
+                f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}"
+            )
         params = get_default_optimizer_params(
             model,
             base_lr=cfg.SOLVER.BASE_LR,
@@ -76,12 +87,15 @@ class Trainer(DefaultTrainer):
         batch_size = cfg.SOLVER.IMS_PER_BATCH
         if mapper_class.makes_views and cfg.MODEL.IUQ.EQUI.MODE == "paired":
             if batch_size % (2 * comm.get_world_size()) != 0:
-                raise ValueError(f"SOLVER.IMS_PER_BATCH ({batch_size}) must be a multiple of "
-                                 f"2 x {comm.get_world_size()} processes with MODEL.IUQ.EQUI.MODE "
-                                 "'paired' (each image brings its view)")
+                raise ValueError(
+                    f"SOLVER.IMS_PER_BATCH ({batch_size}) must be a multiple of "
+                    f"2 x {comm.get_world_size()} processes with MODEL.IUQ.EQUI.MODE "
+                    "'paired' (each image brings its view)"
+                )
             batch_size //= 2
-        return build_detection_train_loader(cfg, mapper=mapper_class(cfg, is_train=True),
-                                            total_batch_size=batch_size)
+        return build_detection_train_loader(
+            cfg, mapper=mapper_class(cfg, is_train=True), total_batch_size=batch_size
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -93,4 +107,6 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, tasks=("bbox", "segm"), distributed=True, output_dir=output_folder)
+        return COCOEvaluator(
+            dataset_name, tasks=("bbox", "segm"), distributed=True, output_dir=output_folder
+        )

@@ -1,4 +1,5 @@
 """Evaluations beyond COCO AP: what the IUQ mechanism does to the model (see ``mechanism``)."""
+
 from .mechanism import (
     BANK_PREFIXES,
     EncodedImage,

@@ -13,6 +13,7 @@ that are assumed not to go stale. Each is measured here from a model and validat
 
 Images go through the model once (:func:`encode_image`); the functions work on the results.
 """
+
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
@@ -78,7 +79,8 @@ def map_for_evaluation(
         image, transforms = mapper.augment(image)
     d["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
     d["instances"] = mapper.annotations_to_instances(
-        d.pop("annotations", []), transforms, image.shape[:2])
+        d.pop("annotations", []), transforms, image.shape[:2]
+    )
     return d
 
 
@@ -122,8 +124,9 @@ def confident(detections: Instances, score_thresh: float, max_per_image: int) ->
 def _match(detections: Instances, gt: Instances, iou_thresh: float) -> Tensor:
     """Index of each detection's best-overlapping ground-truth box, -1 below ``iou_thresh``."""
     if len(gt) == 0 or len(detections) == 0:
-        return torch.full((len(detections),), -1, dtype=torch.int64,
-                          device=detections.scores.device)
+        return torch.full(
+            (len(detections),), -1, dtype=torch.int64, device=detections.scores.device
+        )
     iou, best = pairwise_iou(detections.pred_boxes, gt.gt_boxes).max(dim=1)
     return torch.where(iou >= iou_thresh, best, torch.full_like(best, -1))
 
@@ -223,13 +226,22 @@ def false_firing(
             num_gt = len(masks)
             if num_gt == 0:
                 continue
-            own = head(image_b.mask_feats, feat_stride,
-                       _queries(q.mask_head_params, q.locations, q.fpn_levels)).sigmoid()
+            own = head(
+                image_b.mask_feats,
+                feat_stride,
+                _queries(q.mask_head_params, q.locations, q.fpn_levels),
+            ).sigmoid()
             tallies["own_position"].add(own.expand(-1, num_gt, -1, -1), masks)
             moved = image_b.gt.gt_boxes.get_centers()[None] + offsets[:, None]  # [Q, G, 2]
-            rel = head(image_b.mask_feats, feat_stride, _queries(
-                q.mask_head_params.repeat_interleave(num_gt, dim=0), moved.reshape(-1, 2),
-                q.fpn_levels.repeat_interleave(num_gt))).sigmoid()
+            rel = head(
+                image_b.mask_feats,
+                feat_stride,
+                _queries(
+                    q.mask_head_params.repeat_interleave(num_gt, dim=0),
+                    moved.reshape(-1, 2),
+                    q.fpn_levels.repeat_interleave(num_gt),
+                ),
+            ).sigmoid()
             tallies["relative"].add(rel.reshape(len(q), num_gt, *rel.shape[-2:]), masks)
     return {name: tally.stats() for name, tally in tallies.items()}
 
@@ -285,16 +297,18 @@ def mask_sharpness(
     )
 
 
-def coco_mask_ap(model: CondInst, dataset_name: str,
-                 encoded: Sequence[EncodedImage]) -> Dict[str, float]:
+def coco_mask_ap(
+    model: CondInst, dataset_name: str, encoded: Sequence[EncodedImage]
+) -> Dict[str, float]:
     """Mask AP, AP50 and AP75 of all detections (as the model outputs them) on the encoded
     images only, with detectron2's COCO evaluation."""
     evaluator = COCOEvaluator(dataset_name, tasks=("segm",), distributed=False)
     evaluator.reset()
     for image in encoded:
         det = image.detections
-        instances = model.postprocess(det, det.pred_global_masks, image.padded_size,
-                                      *image.output_size)
+        instances = model.postprocess(
+            det, det.pred_global_masks, image.padded_size, *image.output_size
+        )
         evaluator.process([{"image_id": image.image_id}], [{"instances": instances}])
     segm = evaluator.evaluate(img_ids=[image.image_id for image in encoded])["segm"]
     return {key: segm[key] for key in ("AP", "AP50", "AP75")}
@@ -304,7 +318,7 @@ def read_bank(state_dict: Mapping[str, Tensor]) -> Optional[Dict[str, Tensor]]:
     """The query bank's buffers (feats, positions, image_ids, iters, valid, ...) in a model
     state_dict, by buffer name; None when it holds no bank (CondInst, stripped checkpoints)."""
     for prefix in BANK_PREFIXES:
-        bank = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        bank = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if bank:
             bank.setdefault("iters", torch.zeros(bank["valid"].shape, dtype=torch.int64))
             return bank
@@ -326,8 +340,9 @@ def bank_ages(bank: Mapping[str, Tensor], iteration: int) -> Dict[str, float]:
     }
 
 
-def sample_bank_entries(bank: Mapping[str, Tensor], image_ids: Sequence[int], num: int,
-                        seed: int = 0) -> Tensor:
+def sample_bank_entries(
+    bank: Mapping[str, Tensor], image_ids: Sequence[int], num: int, seed: int = 0
+) -> Tensor:
     """Indices of up to ``num`` filled entries from the given images, drawn reproducibly."""
     known = torch.as_tensor(list(image_ids), dtype=torch.int64)
     usable = bank["valid"].bool().cpu() & torch.isin(bank["image_ids"].cpu(), known)
@@ -337,8 +352,9 @@ def sample_bank_entries(bank: Mapping[str, Tensor], image_ids: Sequence[int], nu
 
 
 @torch.no_grad()
-def bank_feature_drift(model: CondInst, bank: Mapping[str, Tensor], indices: Tensor,
-                       inputs_by_id: Mapping[int, dict]) -> Dict[str, float]:
+def bank_feature_drift(
+    model: CondInst, bank: Mapping[str, Tensor], indices: Tensor, inputs_by_id: Mapping[int, dict]
+) -> Dict[str, float]:
     """Stored bank features against F recomputed by the current model (eval mode) on the
     images of ``inputs_by_id``, at the cell holding each entry's stored position.
 

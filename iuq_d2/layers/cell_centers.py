@@ -10,6 +10,7 @@ uses, side by side, so that no module re-derives either.
   rescaled view must use this one; FCOS's would put a flipped view's features s/2 - 1 pixels
   off (7 at stride 8).
 """
+
 import torch
 from torch import Tensor
 

@@ -5,6 +5,7 @@ numbers; this module fixes how that vector is cut into weights and biases. The l
 AdelaiDet's (all weights first, layer by layer, each [out, in] row-major; then all biases), so
 that its checkpoints produce the same masks.
 """
+
 from typing import List, Tuple
 
 import torch
@@ -32,8 +33,9 @@ def parse_dynamic_params(
     """Cut [Q, P] parameter vectors into per-layer weights [Q, out, in] and biases [Q, out]."""
     sizes = [o * i for o, i in shapes] + [o for o, _ in shapes]
     if params.shape[1] != sum(sizes):
-        raise ValueError(f"dynamic mask head expects {sum(sizes)} parameters per query, "
-                         f"got {params.shape[1]}")
+        raise ValueError(
+            f"dynamic mask head expects {sum(sizes)} parameters per query, got {params.shape[1]}"
+        )
     chunks = torch.split(params, sizes, dim=1)
     num_layers = len(shapes)
     weights = [c.reshape(-1, o, i) for c, (o, i) in zip(chunks[:num_layers], shapes)]

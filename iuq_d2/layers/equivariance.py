@@ -1,6 +1,7 @@
 """Reference implementation of the representation-equivariance loss of IUQ (METHOD.md section
 4), written with plain tensor ops so that a fused kernel can replace it and be checked
 against it."""
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,8 +28,10 @@ def feature_equivariance_loss(
         graph (DDP).
     """
     if view_feats.shape != warped.shape or view_feats.dim() != 4:
-        raise ValueError(f"feature_equivariance_loss expects two [B, C, H, W] tensors of the same "
-                         f"shape, got {tuple(view_feats.shape)} and {tuple(warped.shape)}")
+        raise ValueError(
+            f"feature_equivariance_loss expects two [B, C, H, W] tensors of the same "
+            f"shape, got {tuple(view_feats.shape)} and {tuple(warped.shape)}"
+        )
     cells = view_feats.shape[:1] + view_feats.shape[2:]
     if valid.shape != cells:
         raise ValueError(f"valid must be [B, H, W] = {tuple(cells)}, got {tuple(valid.shape)}")

@@ -13,6 +13,7 @@ relative coordinates into the first layer (``fold_dynamic_params``):
 
 ``inter_scene_focal_loss`` is the one place that picks among them.
 """
+
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -33,7 +34,9 @@ class InterSceneStats:
 
 
 def inter_scene_weights(
-    query_images: Tensor, pixel_images: Tensor, normalization: str = "pairs",
+    query_images: Tensor,
+    pixel_images: Tensor,
+    normalization: str = "pairs",
     dtype: torch.dtype = torch.float32,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Per-query weights [Q] and per-entry weights [N] that make the loss one weighted sum.
@@ -72,8 +75,12 @@ def inter_scene_weights(
 
 
 def fold_dynamic_params(
-    params: Tensor, query_anchors: Tensor, query_soi: Tensor,
-    layer_shapes: Sequence[Tuple[int, int]], use_rel_coords: bool, dtype: torch.dtype,
+    params: Tensor,
+    query_anchors: Tensor,
+    query_soi: Tensor,
+    layer_shapes: Sequence[Tuple[int, int]],
+    use_rel_coords: bool,
+    dtype: torch.dtype,
 ) -> Tuple[List[Tensor], List[Tensor]]:
     """Per-layer weights [Q, out, in] and biases [Q, out] acting on shared entry inputs.
 
@@ -92,8 +99,9 @@ def fold_dynamic_params(
     return weights, biases
 
 
-def entry_inputs(pixel_feats: Tensor, pixel_anchors: Tensor, use_rel_coords: bool,
-                 dtype: torch.dtype) -> Tensor:
+def entry_inputs(
+    pixel_feats: Tensor, pixel_anchors: Tensor, use_rel_coords: bool, dtype: torch.dtype
+) -> Tensor:
     """[N, C_in] entry side of the folded first layer: ``[anchors, feats]`` or ``feats``."""
     inputs = pixel_feats.to(dtype)
     if use_rel_coords:
@@ -107,15 +115,24 @@ def focal_loss_target0(logits: Tensor, alpha: float, gamma: float) -> Tensor:
 
 
 def reference_inter_scene_focal_loss(
-    params: Tensor, query_anchors: Tensor, query_soi: Tensor, query_images: Tensor,
-    pixel_feats: Tensor, pixel_anchors: Tensor, pixel_images: Tensor,
-    layer_shapes: Sequence[Tuple[int, int]], use_rel_coords: bool = True, alpha: float = 0.25,
-    gamma: float = 2.0, normalization: str = "pairs",
+    params: Tensor,
+    query_anchors: Tensor,
+    query_soi: Tensor,
+    query_images: Tensor,
+    pixel_feats: Tensor,
+    pixel_anchors: Tensor,
+    pixel_images: Tensor,
+    layer_shapes: Sequence[Tuple[int, int]],
+    use_rel_coords: bool = True,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    normalization: str = "pairs",
 ) -> Tuple[Tensor, InterSceneStats]:
     """The PyTorch graph the fused paths are tested against; keeps [Q, hidden, N] tensors."""
     dtype = params.dtype
     weights, biases = fold_dynamic_params(
-        params, query_anchors, query_soi, layer_shapes, use_rel_coords, dtype)
+        params, query_anchors, query_soi, layer_shapes, use_rel_coords, dtype
+    )
     inputs = entry_inputs(pixel_feats, pixel_anchors, use_rel_coords, dtype)
     num_queries, hidden = weights[0].shape[:2]
     w0, b0 = weights[0], biases[0]
@@ -187,8 +204,20 @@ def inter_scene_focal_loss(
         the loss (0 with the graph kept when no pair is valid) and statistics without gradient.
     """
     impl = _resolve_impl(impl, params)
-    args = (params, query_anchors, query_soi, query_images, pixel_feats, pixel_anchors,
-            pixel_images, layer_shapes, use_rel_coords, alpha, gamma, normalization)
+    args = (
+        params,
+        query_anchors,
+        query_soi,
+        query_images,
+        pixel_feats,
+        pixel_anchors,
+        pixel_images,
+        layer_shapes,
+        use_rel_coords,
+        alpha,
+        gamma,
+        normalization,
+    )
     if impl == "reference":
         return reference_inter_scene_focal_loss(*args)
     if impl == "tiled":

@@ -7,6 +7,7 @@ chunk, and accumulates d loss / d layer weights and d loss / d entry inputs. Onl
 gradients are saved, so memory is O(Q * P + N * C) plus one chunk; the autograd backward just
 scales them by the incoming gradient. Plain PyTorch, so it runs on any device (CPU in CI).
 """
+
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -16,7 +17,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .inter_scene import (
-    InterSceneStats, entry_inputs, fold_dynamic_params, inter_scene_weights,
+    InterSceneStats,
+    entry_inputs,
+    fold_dynamic_params,
+    inter_scene_weights,
 )
 
 DEFAULT_CHUNK_ELEMS = 1 << 20  # floats in one [Q, hidden, T] chunk (4 MiB in fp32)
@@ -66,9 +70,18 @@ class TiledInterSceneLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, inputs: Tensor, query_images: Tensor, pixel_images: Tensor, qw: Tensor,
-                pw: Tensor, alpha: float, gamma: float, chunk: int,
-                *layers: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(
+        ctx,
+        inputs: Tensor,
+        query_images: Tensor,
+        pixel_images: Tensor,
+        qw: Tensor,
+        pw: Tensor,
+        alpha: float,
+        gamma: float,
+        chunk: int,
+        *layers: Tensor,
+    ) -> Tuple[Tensor, Tensor]:
         dtype = compute_dtype(inputs, *layers)
         num_layers = len(layers) // 2
         weights = [w.detach().to(dtype) for w in layers[:num_layers]]
@@ -97,10 +110,10 @@ class TiledInterSceneLoss(torch.autograd.Function):
         workspace = x_all.new_empty(slots, num_q * max(widths) * min(step, max(num_n, 1)))
 
         def buffer(slot: int, rows: int, t: int) -> Tensor:
-            return workspace[slot, :num_q * rows * t].view(num_q, rows, t)
+            return workspace[slot, : num_q * rows * t].view(num_q, rows, t)
 
         for start in range(0, num_n if num_q else 0, step):
-            x_in = x_all[start:start + step]
+            x_in = x_all[start : start + step]
             t = x_in.shape[0]
             # Forward, keeping only the post-ReLU activations (ReLU' = [act > 0]).
             acts: List[Tensor] = []
@@ -111,8 +124,8 @@ class TiledInterSceneLoss(torch.autograd.Function):
                 out = buffer(layer, widths[layer], t) if layer < num_layers - 1 else None
                 x = torch.baddbmm(biases[layer][:, :, None], weights[layer], x, out=out)
             loss, grad, prob = focal_and_grad(x[:, 0, :], alpha, gamma)
-            valid = query_images[:, None] != pixel_images[None, start:start + t]
-            pair_w = (qw[:, None] * pw[None, start:start + t]).masked_fill_(~valid, 0.0)
+            valid = query_images[:, None] != pixel_images[None, start : start + t]
+            pair_w = (qw[:, None] * pw[None, start : start + t]).masked_fill_(~valid, 0.0)
             total += (loss * pair_w).sum()
             firing += ((prob > 0.5) & valid).sum()
             # Backward through the layers, accumulating the weight gradients.
@@ -131,7 +144,7 @@ class TiledInterSceneLoss(torch.autograd.Function):
             d_w0_t.addmm_(x_in.t(), g_flat.t())
             d_biases[0] += g.sum(2)
             if need_inputs:
-                torch.mm(g_flat.t(), w0_flat, out=d_inputs[start:start + t])
+                torch.mm(g_flat.t(), w0_flat, out=d_inputs[start : start + t])
         d_weights.insert(0, d_w0_t.t().reshape(num_q, hidden, c_in))
 
         ctx.layer_dtypes = [t.dtype for t in layers]
@@ -153,23 +166,42 @@ class TiledInterSceneLoss(torch.autograd.Function):
 
 
 def tiled_inter_scene_focal_loss(
-    params: Tensor, query_anchors: Tensor, query_soi: Tensor, query_images: Tensor,
-    pixel_feats: Tensor, pixel_anchors: Tensor, pixel_images: Tensor,
-    layer_shapes: Sequence[Tuple[int, int]], use_rel_coords: bool = True, alpha: float = 0.25,
-    gamma: float = 2.0, normalization: str = "pairs", chunk_elems: Optional[int] = None,
+    params: Tensor,
+    query_anchors: Tensor,
+    query_soi: Tensor,
+    query_images: Tensor,
+    pixel_feats: Tensor,
+    pixel_anchors: Tensor,
+    pixel_images: Tensor,
+    layer_shapes: Sequence[Tuple[int, int]],
+    use_rel_coords: bool = True,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    normalization: str = "pairs",
+    chunk_elems: Optional[int] = None,
 ) -> Tuple[Tensor, InterSceneStats]:
     """``inter_scene_focal_loss`` in chunks of entries; see the module docstring."""
     dtype = compute_dtype(params, pixel_feats)
     weights, biases = fold_dynamic_params(
-        params, query_anchors, query_soi, layer_shapes, use_rel_coords, dtype)
+        params, query_anchors, query_soi, layer_shapes, use_rel_coords, dtype
+    )
     inputs = entry_inputs(pixel_feats, pixel_anchors, use_rel_coords, dtype)
     qw, pw, num_pairs = inter_scene_weights(query_images, pixel_images, normalization, dtype)
     num_q, hidden = weights[0].shape[:2]
     hidden = max([hidden] + [w.shape[1] for w in weights[1:]])
     chunk = _chunk_size(num_q, hidden, inputs.shape[0], chunk_elems or DEFAULT_CHUNK_ELEMS)
     total, firing = TiledInterSceneLoss.apply(
-        inputs, query_images, pixel_images, qw, pw, float(alpha), float(gamma), chunk,
-        *weights, *biases)
+        inputs,
+        query_images,
+        pixel_images,
+        qw,
+        pw,
+        float(alpha),
+        float(gamma),
+        chunk,
+        *weights,
+        *biases,
+    )
     frac = firing.float() / num_pairs.clamp(min=1)
     if params.dtype != torch.float64:
         total = total.float()  # the reference's loss dtype

@@ -20,6 +20,7 @@ O(Q * P), differentiable), so the kernels see ``[anchor(2), feats(C)]`` inputs; 
 fp32/fp16/bf16 and are cast to fp32 on load. Set ``TRITON_INTERPRET=1`` before importing this
 module to run the kernels on CPU tensors (tests).
 """
+
 import os
 from typing import Optional, Sequence, Tuple
 
@@ -28,7 +29,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .inter_scene import (
-    InterSceneStats, fold_dynamic_params, inter_scene_weights,
+    InterSceneStats,
+    fold_dynamic_params,
+    inter_scene_weights,
 )
 
 try:
@@ -53,26 +56,40 @@ def triton_available() -> bool:
 if triton is not None:
 
     @triton.jit
-    def _load_layers(pack_ptr, q, PK, H: tl.constexpr, CIN: tl.constexpr, HP: tl.constexpr,
-                     CINP: tl.constexpr):
+    def _load_layers(
+        pack_ptr, q, PK, H: tl.constexpr, CIN: tl.constexpr, HP: tl.constexpr, CINP: tl.constexpr
+    ):
         """Query q's folded layers from the packed [Q, PK] fp32 rows (zero-padded to HP/CINP)."""
         base = pack_ptr + q * PK
         rh = tl.arange(0, HP)
         ri = tl.arange(0, CINP)
         mh = rh < H
-        w0 = tl.load(base + rh[:, None] * CIN + ri[None, :],
-                     mask=mh[:, None] & (ri[None, :] < CIN), other=0.0)
+        w0 = tl.load(
+            base + rh[:, None] * CIN + ri[None, :],
+            mask=mh[:, None] & (ri[None, :] < CIN),
+            other=0.0,
+        )
         b0 = tl.load(base + H * CIN + rh, mask=mh, other=0.0)
-        w1 = tl.load(base + H * CIN + H + rh[:, None] * H + rh[None, :],
-                     mask=mh[:, None] & mh[None, :], other=0.0)
+        w1 = tl.load(
+            base + H * CIN + H + rh[:, None] * H + rh[None, :],
+            mask=mh[:, None] & mh[None, :],
+            other=0.0,
+        )
         b1 = tl.load(base + H * CIN + H + H * H + rh, mask=mh, other=0.0)
         w2 = tl.load(base + H * CIN + 2 * H + H * H + rh, mask=mh, other=0.0)
         b2 = tl.load(base + H * CIN + 3 * H + H * H)
         return w0, b0, w1, b1, w2, b2
 
     @triton.jit
-    def _load_inputs(anchors_ptr, feats_ptr, offs_n, mask_n, C: tl.constexpr, NC: tl.constexpr,
-                     CINP: tl.constexpr):
+    def _load_inputs(
+        anchors_ptr,
+        feats_ptr,
+        offs_n,
+        mask_n,
+        C: tl.constexpr,
+        NC: tl.constexpr,
+        CINP: tl.constexpr,
+    ):
         """[CINP, BLOCK_N] entry inputs: rows [0, NC) anchors, [NC, NC + C) feats, rest 0."""
         k = tl.arange(0, CINP)[:, None]
         n = offs_n[None, :]
@@ -104,8 +121,23 @@ if triton is not None:
         return scale * sp, scale * (GAMMA * (1.0 - p) * sp + p), p
 
     @triton.jit
-    def _pair_block(pack_ptr, q_img_ptr, qw_ptr, q, PK, alpha, img_n, pw, mask_n, inp, H: tl.constexpr, CIN: tl.constexpr,
-                    HP: tl.constexpr, CINP: tl.constexpr, GAMMA: tl.constexpr):
+    def _pair_block(
+        pack_ptr,
+        q_img_ptr,
+        qw_ptr,
+        q,
+        PK,
+        alpha,
+        img_n,
+        pw,
+        mask_n,
+        inp,
+        H: tl.constexpr,
+        CIN: tl.constexpr,
+        HP: tl.constexpr,
+        CINP: tl.constexpr,
+        GAMMA: tl.constexpr,
+    ):
         """Forward and backward of query q on one entry block, up to the first layer."""
         w0, b0, w1, b1, w2, b2 = _load_layers(pack_ptr, q, PK, H, CIN, HP, CINP)
         img_q = tl.load(q_img_ptr + q)
@@ -122,11 +154,30 @@ if triton is not None:
         return w0, r1, r2, loss * wgt, fire, gz, g_x2, g_x1
 
     @triton.jit
-    def _params_kernel(pack_ptr, anchors_ptr, feats_ptr, q_img_ptr, p_img_ptr, qw_ptr, pw_ptr,
-                       loss_ptr, fire_ptr, dpack_ptr, Q, N, PK, alpha,
-                       H: tl.constexpr, CIN: tl.constexpr, C: tl.constexpr, NC: tl.constexpr,
-                       HP: tl.constexpr, CINP: tl.constexpr, GAMMA: tl.constexpr,
-                       BLOCK_N: tl.constexpr):
+    def _params_kernel(
+        pack_ptr,
+        anchors_ptr,
+        feats_ptr,
+        q_img_ptr,
+        p_img_ptr,
+        qw_ptr,
+        pw_ptr,
+        loss_ptr,
+        fire_ptr,
+        dpack_ptr,
+        Q,
+        N,
+        PK,
+        alpha,
+        H: tl.constexpr,
+        CIN: tl.constexpr,
+        C: tl.constexpr,
+        NC: tl.constexpr,
+        HP: tl.constexpr,
+        CINP: tl.constexpr,
+        GAMMA: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
         q = tl.program_id(0)
         s = tl.program_id(1)
         num_s = tl.num_programs(1)
@@ -145,8 +196,22 @@ if triton is not None:
             img_n = tl.load(p_img_ptr + offs_n, mask=mask_n, other=0)
             pw = tl.load(pw_ptr + offs_n, mask=mask_n, other=0.0)
             w0, r1, r2, loss, fire, gz, g_x2, g_x1 = _pair_block(
-                pack_ptr, q_img_ptr, qw_ptr, q, PK, alpha, img_n, pw, mask_n, inp,
-                H, CIN, HP, CINP, GAMMA)
+                pack_ptr,
+                q_img_ptr,
+                qw_ptr,
+                q,
+                PK,
+                alpha,
+                img_n,
+                pw,
+                mask_n,
+                inp,
+                H,
+                CIN,
+                HP,
+                CINP,
+                GAMMA,
+            )
             loss_acc += loss
             fire_acc += fire
             db2 += gz
@@ -162,21 +227,41 @@ if triton is not None:
         rh = tl.arange(0, HP)
         ri = tl.arange(0, CINP)
         mh = rh < H
-        tl.store(base + rh[:, None] * CIN + ri[None, :], dw0,
-                 mask=mh[:, None] & (ri[None, :] < CIN))
+        tl.store(
+            base + rh[:, None] * CIN + ri[None, :], dw0, mask=mh[:, None] & (ri[None, :] < CIN)
+        )
         tl.store(base + H * CIN + rh, db0, mask=mh)
-        tl.store(base + H * CIN + H + rh[:, None] * H + rh[None, :], dw1,
-                 mask=mh[:, None] & mh[None, :])
+        tl.store(
+            base + H * CIN + H + rh[:, None] * H + rh[None, :], dw1, mask=mh[:, None] & mh[None, :]
+        )
         tl.store(base + H * CIN + H + H * H + rh, db1, mask=mh)
         tl.store(base + H * CIN + 2 * H + H * H + rh, dw2, mask=mh)
         tl.store(base + H * CIN + 3 * H + H * H, tl.sum(db2, axis=0))
 
     @triton.jit
-    def _feats_kernel(pack_ptr, anchors_ptr, feats_ptr, q_img_ptr, p_img_ptr, qw_ptr, pw_ptr,
-                      dfeats_ptr, Q, N, PK, alpha, queries_per_group,
-                      H: tl.constexpr, CIN: tl.constexpr, C: tl.constexpr, NC: tl.constexpr,
-                      HP: tl.constexpr, CINP: tl.constexpr, GAMMA: tl.constexpr,
-                      BLOCK_N: tl.constexpr):
+    def _feats_kernel(
+        pack_ptr,
+        anchors_ptr,
+        feats_ptr,
+        q_img_ptr,
+        p_img_ptr,
+        qw_ptr,
+        pw_ptr,
+        dfeats_ptr,
+        Q,
+        N,
+        PK,
+        alpha,
+        queries_per_group,
+        H: tl.constexpr,
+        CIN: tl.constexpr,
+        C: tl.constexpr,
+        NC: tl.constexpr,
+        HP: tl.constexpr,
+        CINP: tl.constexpr,
+        GAMMA: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
         b = tl.program_id(0)
         g = tl.program_id(1)
         offs_n = b * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -188,8 +273,22 @@ if triton is not None:
         q_end = tl.minimum(Q, (g + 1) * queries_per_group)
         for q in range(g * queries_per_group, q_end):
             w0, r1, r2, loss, fire, gz, g_x2, g_x1 = _pair_block(
-                pack_ptr, q_img_ptr, qw_ptr, q, PK, alpha, img_n, pw, mask_n, inp,
-                H, CIN, HP, CINP, GAMMA)
+                pack_ptr,
+                q_img_ptr,
+                qw_ptr,
+                q,
+                PK,
+                alpha,
+                img_n,
+                pw,
+                mask_n,
+                inp,
+                H,
+                CIN,
+                HP,
+                CINP,
+                GAMMA,
+            )
             # d/d inp[k] = sum_j w0[j, k] g_x1[j]
             d_inp += tl.sum(w0[:, :, None] * g_x1[:, None, :], axis=0)
         k = tl.arange(0, CINP)[:, None]
@@ -209,9 +308,19 @@ def _target_programs(device: torch.device) -> int:
 
 
 def launch_inter_scene_kernels(
-    pack: Tensor, anchors: Tensor, feats: Tensor, query_images: Tensor, pixel_images: Tensor,
-    qw: Tensor, pw: Tensor, hidden: int, c_in: int, num_coords: int, alpha: float,
-    gamma: float, need_feats: bool,
+    pack: Tensor,
+    anchors: Tensor,
+    feats: Tensor,
+    query_images: Tensor,
+    pixel_images: Tensor,
+    qw: Tensor,
+    pw: Tensor,
+    hidden: int,
+    c_in: int,
+    num_coords: int,
+    alpha: float,
+    gamma: float,
+    need_feats: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """Run the kernels on prepared inputs; returns loss, firing count, d pack, d feats.
 
@@ -228,8 +337,16 @@ def launch_inter_scene_kernels(
     d_feats = torch.zeros(num_n, c, dtype=torch.float32, device=device) if need_feats else None
     if num_q == 0 or num_n == 0:
         return loss, fire, d_pack, d_feats
-    consts = dict(H=hidden, CIN=c_in, C=c, NC=num_coords, HP=_next_pow2(hidden),
-                  CINP=_next_pow2(c_in), GAMMA=float(gamma), BLOCK_N=BLOCK_N)
+    consts = dict(
+        H=hidden,
+        CIN=c_in,
+        C=c,
+        NC=num_coords,
+        HP=_next_pow2(hidden),
+        CINP=_next_pow2(c_in),
+        GAMMA=float(gamma),
+        BLOCK_N=BLOCK_N,
+    )
     tensors = (pack, anchors, feats, query_images, pixel_images, qw, pw)
     num_blocks = triton.cdiv(num_n, BLOCK_N)
     target = _target_programs(device)
@@ -238,8 +355,17 @@ def launch_inter_scene_kernels(
     fire_part = torch.empty(splits * num_q, dtype=torch.int32, device=device)
     d_pack_part = torch.empty(splits, num_q, pk, dtype=torch.float32, device=device)
     _params_kernel[(num_q, splits)](
-        *tensors, loss_part, fire_part, d_pack_part, num_q, num_n, pk, float(alpha),
-        num_warps=NUM_WARPS, **consts)
+        *tensors,
+        loss_part,
+        fire_part,
+        d_pack_part,
+        num_q,
+        num_n,
+        pk,
+        float(alpha),
+        num_warps=NUM_WARPS,
+        **consts,
+    )
     loss, fire, d_pack = loss_part.sum(), fire_part.sum(dtype=torch.int64), d_pack_part.sum(0)
     if need_feats:
         groups = max(1, min(num_q, triton.cdiv(target, num_blocks)))
@@ -247,8 +373,16 @@ def launch_inter_scene_kernels(
         groups = triton.cdiv(num_q, per_group)
         d_feats_part = torch.empty(groups, num_n, c, dtype=torch.float32, device=device)
         _feats_kernel[(num_blocks, groups)](
-            *tensors, d_feats_part, num_q, num_n, pk, float(alpha), per_group,
-            num_warps=NUM_WARPS, **consts)
+            *tensors,
+            d_feats_part,
+            num_q,
+            num_n,
+            pk,
+            float(alpha),
+            per_group,
+            num_warps=NUM_WARPS,
+            **consts,
+        )
         d_feats = d_feats_part.sum(0)
     return loss, fire, d_pack, d_feats
 
@@ -257,13 +391,37 @@ class TritonInterSceneLoss(torch.autograd.Function):
     """Loss of the packed folded layers [Q, PK] on entries; gradients computed in forward."""
 
     @staticmethod
-    def forward(ctx, pack: Tensor, feats: Tensor, anchors: Tensor, query_images: Tensor,
-                pixel_images: Tensor, qw: Tensor, pw: Tensor, hidden: int, c_in: int,
-                num_coords: int, alpha: float, gamma: float) -> Tuple[Tensor, Tensor]:
+    def forward(
+        ctx,
+        pack: Tensor,
+        feats: Tensor,
+        anchors: Tensor,
+        query_images: Tensor,
+        pixel_images: Tensor,
+        qw: Tensor,
+        pw: Tensor,
+        hidden: int,
+        c_in: int,
+        num_coords: int,
+        alpha: float,
+        gamma: float,
+    ) -> Tuple[Tensor, Tensor]:
         need_feats = ctx.needs_input_grad[1]
         loss, fire, d_pack, d_feats = launch_inter_scene_kernels(
-            pack.detach(), anchors, feats.detach(), query_images, pixel_images, qw, pw, hidden,
-            c_in, num_coords, alpha, gamma, need_feats)
+            pack.detach(),
+            anchors,
+            feats.detach(),
+            query_images,
+            pixel_images,
+            qw,
+            pw,
+            hidden,
+            c_in,
+            num_coords,
+            alpha,
+            gamma,
+            need_feats,
+        )
         ctx.feats_dtype = feats.dtype
         ctx.save_for_backward(d_pack, *([d_feats] if need_feats else []))
         ctx.mark_non_differentiable(fire)
@@ -283,36 +441,69 @@ def _check_shapes(layer_shapes: Sequence[Tuple[int, int]], c_in: int) -> int:
     if shapes != [(hidden, c_in), (hidden, hidden), (1, hidden)]:
         raise NotImplementedError(
             f"the triton kernel handles 3 layers (H, {c_in}), (H, H), (1, H); got {shapes}: "
-            "use impl='tiled'")
+            "use impl='tiled'"
+        )
     return hidden
 
 
 def triton_inter_scene_focal_loss(
-    params: Tensor, query_anchors: Tensor, query_soi: Tensor, query_images: Tensor,
-    pixel_feats: Tensor, pixel_anchors: Tensor, pixel_images: Tensor,
-    layer_shapes: Sequence[Tuple[int, int]], use_rel_coords: bool = True, alpha: float = 0.25,
-    gamma: float = 2.0, normalization: str = "pairs",
+    params: Tensor,
+    query_anchors: Tensor,
+    query_soi: Tensor,
+    query_images: Tensor,
+    pixel_feats: Tensor,
+    pixel_anchors: Tensor,
+    pixel_images: Tensor,
+    layer_shapes: Sequence[Tuple[int, int]],
+    use_rel_coords: bool = True,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    normalization: str = "pairs",
 ) -> Tuple[Tensor, InterSceneStats]:
     """``inter_scene_focal_loss`` with the fused kernels; CUDA tensors only (see module doc)."""
     if triton is None:
-        raise RuntimeError(f"impl='triton' needs triton, which failed to import: "
-                           f"{_TRITON_IMPORT_ERROR!r}; use impl='tiled'")
+        raise RuntimeError(
+            f"impl='triton' needs triton, which failed to import: "
+            f"{_TRITON_IMPORT_ERROR!r}; use impl='tiled'"
+        )
     if not INTERPRET and not (params.is_cuda and pixel_feats.is_cuda):
-        raise ValueError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before "
-                         "importing iuq_d2.layers.inter_scene_triton); use impl='tiled'")
+        raise ValueError(
+            "impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before "
+            "importing iuq_d2.layers.inter_scene_triton); use impl='tiled'"
+        )
     num_coords = 2 if use_rel_coords else 0
     hidden = _check_shapes(layer_shapes, num_coords + pixel_feats.shape[1])
     weights, biases = fold_dynamic_params(
-        params, query_anchors, query_soi, layer_shapes, use_rel_coords, torch.float32)
-    pack = torch.cat([weights[0].flatten(1), biases[0], weights[1].flatten(1), biases[1],
-                      weights[2].flatten(1), biases[2]], dim=1).contiguous()
+        params, query_anchors, query_soi, layer_shapes, use_rel_coords, torch.float32
+    )
+    pack = torch.cat(
+        [
+            weights[0].flatten(1),
+            biases[0],
+            weights[1].flatten(1),
+            biases[1],
+            weights[2].flatten(1),
+            biases[2],
+        ],
+        dim=1,
+    ).contiguous()
     qw, pw, num_pairs = inter_scene_weights(query_images, pixel_images, normalization)
     anchors = pixel_anchors.float().contiguous()
     feats = pixel_feats
     if feats.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         feats = feats.float()
     loss, fire = TritonInterSceneLoss.apply(
-        pack, feats.contiguous(), anchors, query_images.contiguous(),
-        pixel_images.contiguous(), qw.contiguous(), pw.contiguous(), hidden,
-        num_coords + pixel_feats.shape[1], num_coords, float(alpha), float(gamma))
+        pack,
+        feats.contiguous(),
+        anchors,
+        query_images.contiguous(),
+        pixel_images.contiguous(),
+        qw.contiguous(),
+        pw.contiguous(),
+        hidden,
+        num_coords + pixel_feats.shape[1],
+        num_coords,
+        float(alpha),
+        float(gamma),
+    )
     return loss, InterSceneStats(num_pairs, fire.float() / num_pairs.clamp(min=1))

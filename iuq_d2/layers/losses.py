@@ -1,4 +1,5 @@
 """Losses shared by the FCOS head, the CondInst mask head and the IUQ terms."""
+
 import torch
 from torch import Tensor
 

@@ -4,6 +4,7 @@ CondInst upsamples mask logits from the stride of the mask feature (8) to the ma
 stride (4) and then to the input resolution with this operator; its checkpoints were trained
 with it, so the exact placement of samples matters for reproducing their accuracy.
 """
+
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -6,6 +6,7 @@ map is centred on the continuous point s*k + 0.5), not FCOS's s*k + s//2. A view
 axis-aligned affine map of continuous coordinates, so the warp is separable: each view row reads
 source rows, each view column reads source columns, independently.
 """
+
 import math
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -35,8 +36,14 @@ def _num_cells_inside(size: int, stride: int, cells: int) -> int:
 
 
 def _axis_sampling(
-    scale: float, shift: float, stride: int, num_dst: int, dst_size: int, num_src: int,
-    src_size: int, device: torch.device,
+    scale: float,
+    shift: float,
+    stride: int,
+    num_dst: int,
+    dst_size: int,
+    num_src: int,
+    src_size: int,
+    device: torch.device,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
     """Along one axis: for each of ``num_dst`` view cells the source cells to read (i0, i1), the
     weight of i1 (None when the mapping is exact indexing), and whether the view cell is valid."""
@@ -104,15 +111,19 @@ def warp_to_view(
     source cells. Gradients flow into ``feats``.
     """
     if feats.dim() != 4 or affines.shape != (feats.shape[0], 4):
-        raise ValueError(f"warp_to_view expects feats [B, C, H, W] and affines [B, 4], got "
-                         f"{tuple(feats.shape)} and {tuple(affines.shape)}")
+        raise ValueError(
+            f"warp_to_view expects feats [B, C, H, W] and affines [B, 4], got "
+            f"{tuple(feats.shape)} and {tuple(affines.shape)}"
+        )
     batch, _, src_h, src_w = feats.shape
     dst_h, dst_w = dst_feat_size
     src_sizes = _as_size_list(src_sizes, batch, "src_sizes")
     dst_sizes = _as_size_list(dst_sizes, batch, "dst_sizes")
     if batch == 0:
-        return (feats.new_zeros((0, feats.shape[1], dst_h, dst_w)),
-                torch.zeros((0, dst_h, dst_w), dtype=torch.bool, device=feats.device))
+        return (
+            feats.new_zeros((0, feats.shape[1], dst_h, dst_w)),
+            torch.zeros((0, dst_h, dst_w), dtype=torch.bool, device=feats.device),
+        )
     warped, valid = [], []
     for f, (sx, tx, sy, ty), (h, w), (hv, wv) in zip(
         feats, affines.detach().double().tolist(), src_sizes, dst_sizes

@@ -4,6 +4,7 @@ detectron2's own ``build_retinanet_resnet_fpn_backbone`` computes P6 from C5; FC
 from P5 (256 channels), which is what AdelaiDet's checkpoints hold (``top_block.p6`` is
 256x256x3x3).
 """
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, build_resnet_backbone
 from detectron2.modeling.backbone import Backbone, ResNet
@@ -25,14 +26,18 @@ def build_narrow_basic_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
     in_channels, out_channels = res.STEM_OUT_CHANNELS, res.RES2_OUT_CHANNELS
     for index, num_blocks in enumerate(_BASIC_BLOCKS[res.DEPTH]):
         first_stride = 1 if index == 0 else 2
-        stages.append(ResNet.make_stage(
-            BasicBlock, num_blocks, in_channels=in_channels, out_channels=out_channels,
-            stride_per_block=[first_stride] + [1] * (num_blocks - 1), norm=res.NORM,
-        ))
+        stages.append(
+            ResNet.make_stage(
+                BasicBlock,
+                num_blocks,
+                in_channels=in_channels,
+                out_channels=out_channels,
+                stride_per_block=[first_stride] + [1] * (num_blocks - 1),
+                norm=res.NORM,
+            )
+        )
         in_channels, out_channels = out_channels, out_channels * 2
-    return ResNet(stem, stages, out_features=res.OUT_FEATURES).freeze(
-        cfg.MODEL.BACKBONE.FREEZE_AT
-    )
+    return ResNet(stem, stages, out_features=res.OUT_FEATURES).freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
 
 
 def _build_bottom_up(cfg, input_shape: ShapeSpec) -> Backbone:

@@ -1,4 +1,5 @@
 """Tensor collectives that degrade to no-ops in a single process."""
+
 from typing import List, Tuple
 
 import torch

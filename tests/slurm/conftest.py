@@ -6,6 +6,7 @@ is impossible (not root, no apt, no network, a real Slurm already configured) th
 skipped with the reason, repeated in a banner at the end of the run so that a skip is never
 mistaken for a pass. With IUQ_REQUIRE_SLURM=1 (CI) such a skip is an error instead.
 """
+
 import os
 import shutil
 import signal

@@ -4,6 +4,7 @@ The demo config is shrunk to a 16-image dataset at 96 pixels and trains at ~0.1 
 so that the interesting parts dominate: the rendezvous, two gloo processes, checkpoints, and a
 requeue that resumes in the same OUTPUT_DIR after submitit's interrupt or a real preemption.
 """
+
 import json
 import re
 import socket

@@ -4,13 +4,16 @@
 ``iuq_d2.layers.inter_scene_triton`` is first imported, so this module needs its own pytest
 process with the variable already set (``make test`` runs it so); the main run skips it.
 """
+
 import os
 
 import pytest
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs TRITON_INTERPRET=1 set before pytest starts (own process, see Makefile)",
-                allow_module_level=True)
+    pytest.skip(
+        "needs TRITON_INTERPRET=1 set before pytest starts (own process, see Makefile)",
+        allow_module_level=True,
+    )
 pytest.importorskip("triton")
 
 import torch  # noqa: E402

@@ -4,6 +4,7 @@
 timed-out job is requeued with ``--resume`` and continues from the last checkpoint in the same
 OUTPUT_DIR. slurm/train.sbatch calls :func:`run_on_node` directly.
 """
+
 import multiprocessing
 import os
 import signal

@@ -5,6 +5,7 @@ every node. Inside a Slurm job all three follow from SLURM_* variables; :func:`r
 them as a pure function of that environment, so it is tested without Slurm and needs no
 ``scontrol`` on the node.
 """
+
 import itertools
 import re
 from dataclasses import dataclass

@@ -2,6 +2,7 @@
 then submit one task per node through submitit, or, with ``--on-node`` inside an allocation
 (``slurm/train.sbatch``), run this node's share at once.
 """
+
 import argparse
 import json
 import os
@@ -210,4 +211,3 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"Submitted job {job.job_id}")
     print(f"  logs: {job.paths.stdout} and {job.paths.stderr}")
     print(f"  follow: squeue -j {job.job_id}; cancel: scancel {job.job_id}")
-

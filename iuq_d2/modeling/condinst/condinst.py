@@ -1,4 +1,5 @@
 """CondInst (Tian et al., ECCV 2020) as a detectron2 meta-architecture."""
+
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -87,18 +88,24 @@ class CondInst(nn.Module):
     def from_config(cls, cfg):
         condinst = cfg.MODEL.CONDINST
         if condinst.MAX_PROPOSALS != -1 and condinst.TOPK_PROPOSALS_PER_IM != -1:
-            raise ValueError("Set at most one of MODEL.CONDINST.MAX_PROPOSALS "
-                             f"({condinst.MAX_PROPOSALS}) and MODEL.CONDINST.TOPK_PROPOSALS_PER_IM "
-                             f"({condinst.TOPK_PROPOSALS_PER_IM}); use -1 to disable one")
+            raise ValueError(
+                "Set at most one of MODEL.CONDINST.MAX_PROPOSALS "
+                f"({condinst.MAX_PROPOSALS}) and MODEL.CONDINST.TOPK_PROPOSALS_PER_IM "
+                f"({condinst.TOPK_PROPOSALS_PER_IM}); use -1 to disable one"
+            )
         if len(cfg.MODEL.PIXEL_MEAN) != len(cfg.MODEL.PIXEL_STD):
-            raise ValueError(f"MODEL.PIXEL_MEAN {cfg.MODEL.PIXEL_MEAN} and MODEL.PIXEL_STD "
-                             f"{cfg.MODEL.PIXEL_STD} differ in length")
+            raise ValueError(
+                f"MODEL.PIXEL_MEAN {cfg.MODEL.PIXEL_MEAN} and MODEL.PIXEL_STD "
+                f"{cfg.MODEL.PIXEL_STD} differ in length"
+            )
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         mask_branch = MaskBranch(cfg, shapes)
         if mask_branch.out_stride % condinst.MASK_OUT_STRIDE != 0:
-            raise ValueError(f"MODEL.CONDINST.MASK_OUT_STRIDE ({condinst.MASK_OUT_STRIDE}) must "
-                             f"divide the mask branch stride ({mask_branch.out_stride})")
+            raise ValueError(
+                f"MODEL.CONDINST.MASK_OUT_STRIDE ({condinst.MASK_OUT_STRIDE}) must "
+                f"divide the mask branch stride ({mask_branch.out_stride})"
+            )
         return {
             "backbone": backbone,
             "proposal_generator": build_proposal_generator(cfg, shapes),
@@ -136,13 +143,17 @@ class CondInst(nn.Module):
         targets = []
         for index, x in enumerate(batched_inputs):
             if "instances" not in x:
-                raise KeyError(f"training input {index} (file {x.get('file_name', '?')}) has no "
-                               "'instances'; the dataset mapper must be built with is_train=True")
+                raise KeyError(
+                    f"training input {index} (file {x.get('file_name', '?')}) has no "
+                    "'instances'; the dataset mapper must be built with is_train=True"
+                )
             inst = x["instances"]
             h, w = images.image_sizes[index]
             if not inst.has("gt_masks"):
-                raise KeyError(f"training input {index} (file {x.get('file_name', '?')}) has no "
-                               "gt_masks; CondInst needs instance masks (MODEL.MASK_ON)")
+                raise KeyError(
+                    f"training input {index} (file {x.get('file_name', '?')}) has no "
+                    "gt_masks; CondInst needs instance masks (MODEL.MASK_ON)"
+                )
             masks = inst.gt_masks
             if isinstance(masks, PolygonMasks):
                 bitmasks = BitMasks.from_polygon_masks(masks, h, w).tensor
@@ -150,18 +161,26 @@ class CondInst(nn.Module):
                 bitmasks = masks.tensor
             else:
                 raise TypeError(f"unsupported gt_masks type {type(masks).__name__}")
-            full = torch.zeros((len(inst), padded_h, padded_w), dtype=torch.uint8, device=self.device)
-            full[:, : bitmasks.shape[1], : bitmasks.shape[2]] = bitmasks.to(self.device, torch.uint8)
+            full = torch.zeros(
+                (len(inst), padded_h, padded_w), dtype=torch.uint8, device=self.device
+            )
+            full[:, : bitmasks.shape[1], : bitmasks.shape[2]] = bitmasks.to(
+                self.device, torch.uint8
+            )
             inst = inst.to(self.device)
             inst.gt_bitmasks_full = full
             inst.gt_bitmasks = full[:, stride // 2 :: stride, stride // 2 :: stride].float()
             targets.append(inst)
         return targets
 
-    def forward_train(self, images: ImageList, gt_instances: List[Instances]) -> CondInstTrainOutputs:
+    def forward_train(
+        self, images: ImageList, gt_instances: List[Instances]
+    ) -> CondInstTrainOutputs:
         features = self.backbone(images.tensor)
         mask_feats, losses = self.mask_branch(features, gt_instances)
-        positives, fcos_losses = self.proposal_generator(images, features, gt_instances, self.controller)
+        positives, fcos_losses = self.proposal_generator(
+            images, features, gt_instances, self.controller
+        )
         losses.update(fcos_losses)
         queries = self.sample_queries(positives, gt_instances)
         losses["loss_mask"] = self.mask_loss(mask_feats, queries, gt_instances)
@@ -174,15 +193,22 @@ class CondInst(nn.Module):
         its instances."""
         if self.max_proposals != -1:
             if len(positives) > self.max_proposals:
-                keep = torch.randperm(len(positives), device=positives.im_inds.device)[: self.max_proposals]
+                keep = torch.randperm(len(positives), device=positives.im_inds.device)[
+                    : self.max_proposals
+                ]
                 positives = positives[keep]
             return positives
         if self.topk_proposals_per_im == -1:
             return positives
         return topk_per_instance(positives, len(gt_instances), self.topk_proposals_per_im)
 
-    def mask_loss(self, mask_feats: Tensor, queries: Instances, gt_instances: List[Instances],
-                  valid: Optional[Tensor] = None) -> Tensor:
+    def mask_loss(
+        self,
+        mask_feats: Tensor,
+        queries: Instances,
+        gt_instances: List[Instances],
+        valid: Optional[Tensor] = None,
+    ) -> Tensor:
         """Mean dice loss of the queries' masks against their ground-truth instances.
 
         ``valid`` ([N, H, W] bool at the stride of ``mask_feats``), when given, restricts the
@@ -196,7 +222,11 @@ class CondInst(nn.Module):
         gt_masks = torch.cat([x.gt_bitmasks for x in gt_instances])[queries.gt_inds].unsqueeze(1)
         if valid is not None:
             factor = probs.shape[-1] // valid.shape[-1]
-            cells = valid[queries.im_inds].repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
+            cells = (
+                valid[queries.im_inds]
+                .repeat_interleave(factor, dim=1)
+                .repeat_interleave(factor, dim=2)
+            )
             cells = cells.unsqueeze(1).to(probs.dtype)
             probs, gt_masks = probs * cells, gt_masks * cells
         return dice_loss(probs, gt_masks).mean()
@@ -209,7 +239,9 @@ class CondInst(nn.Module):
         queries = Instances((0, 0))
         for name in ("mask_head_params", "locations", "fpn_levels"):
             queries.set(name, torch.cat([d.get(name) for d in detections]))
-        queries.im_inds = torch.cat([torch.full_like(d.pred_classes, i) for i, d in enumerate(detections)])
+        queries.im_inds = torch.cat(
+            [torch.full_like(d.pred_classes, i) for i, d in enumerate(detections)]
+        )
         probs = self.mask_head(mask_feats, self.mask_branch.out_stride, queries).sigmoid()
         per_image = probs.split([len(d) for d in detections])
         if not do_postprocess:
@@ -218,12 +250,22 @@ class CondInst(nn.Module):
             return detections
         padded_size = images.tensor.shape[-2:]
         return [
-            {"instances": self.postprocess(det, p, padded_size, x.get("height", h), x.get("width", w))}
+            {
+                "instances": self.postprocess(
+                    det, p, padded_size, x.get("height", h), x.get("width", w)
+                )
+            }
             for det, p, x, (h, w) in zip(detections, per_image, batched_inputs, images.image_sizes)
         ]
 
-    def postprocess(self, det: Instances, mask_probs: Tensor, padded_size: Tuple[int, int],
-                    out_h: int, out_w: int) -> Instances:
+    def postprocess(
+        self,
+        det: Instances,
+        mask_probs: Tensor,
+        padded_size: Tuple[int, int],
+        out_h: int,
+        out_w: int,
+    ) -> Instances:
         """Scale boxes to the requested output size and turn the stride-``MASK_OUT_STRIDE``
         mask probabilities into binary masks of that size."""
         h, w = det.image_size
@@ -233,9 +275,15 @@ class CondInst(nn.Module):
         # detector_postprocess scales and clips the boxes and drops empty ones; the masks ride
         # along under a name it does not treat as ROI masks, so they are dropped in step.
         result = detector_postprocess(
-            Instances(det.image_size, pred_boxes=det.pred_boxes, scores=det.scores,
-                      pred_classes=det.pred_classes, global_masks=masks[:, 0] > self.mask_threshold),
-            out_h, out_w,
+            Instances(
+                det.image_size,
+                pred_boxes=det.pred_boxes,
+                scores=det.scores,
+                pred_classes=det.pred_classes,
+                global_masks=masks[:, 0] > self.mask_threshold,
+            ),
+            out_h,
+            out_w,
         )
         result.pred_masks = result.global_masks
         result.remove("global_masks")

@@ -1,4 +1,5 @@
 """CondInst's dynamic mask head: a tiny MLP per query, run on [relative coordinates, F]."""
+
 from typing import List
 
 import torch
@@ -42,7 +43,9 @@ class DynamicMaskHead(nn.Module):
         fan_in = in_channels + (0 if disable_rel_coords else 2)
         self.layer_shapes = dynamic_layer_shapes(fan_in, channels, num_layers)
         self.num_params = num_dynamic_params(fan_in, channels, num_layers)
-        self.register_buffer("sizes_of_interest", torch.tensor(sizes_of_interest, dtype=torch.int64))
+        self.register_buffer(
+            "sizes_of_interest", torch.tensor(sizes_of_interest, dtype=torch.int64)
+        )
         # Training forwards seen so far. AdelaiDet's checkpoints hold this buffer, so it stays.
         self.register_buffer("_iter", torch.zeros([1]))
 

@@ -1,5 +1,6 @@
 """CondInst's mask branch: fuses P3-P5 into the stride-8 mask feature F that every dynamic mask
 head reads, with an optional auxiliary semantic loss on P3."""
+
 import math
 from typing import Dict, List, Optional, Tuple
 
@@ -47,7 +48,9 @@ class MaskBranch(nn.Module):
         self.out_stride = in_strides[0]
         self.out_channels = out_channels
         self.refine = nn.ModuleList([_conv_norm_relu(c, channels, norm) for c in in_channels])
-        tower: List[nn.Module] = [_conv_norm_relu(channels, channels, norm) for _ in range(num_convs)]
+        tower: List[nn.Module] = [
+            _conv_norm_relu(channels, channels, norm) for _ in range(num_convs)
+        ]
         tower.append(nn.Conv2d(channels, out_channels, 1))
         weight_init.c2_msra_fill(tower[-1])
         self.tower = nn.Sequential(*tower)
@@ -58,8 +61,10 @@ class MaskBranch(nn.Module):
             self.focal_alpha = focal_alpha
             self.focal_gamma = focal_gamma
             # Reads the finest input level (P3) directly, as AdelaiDet's checkpoints expect.
-            self.seg_head = nn.Sequential(_conv_norm_relu(in_channels[0], channels, norm),
-                                          _conv_norm_relu(channels, channels, norm))
+            self.seg_head = nn.Sequential(
+                _conv_norm_relu(in_channels[0], channels, norm),
+                _conv_norm_relu(channels, channels, norm),
+            )
             self.logits = nn.Conv2d(channels, num_classes, 1)
             nn.init.normal_(self.logits.weight, std=0.01)
             nn.init.constant_(self.logits.bias, -math.log((1 - prior_prob) / prior_prob))
@@ -69,8 +74,10 @@ class MaskBranch(nn.Module):
         branch = cfg.MODEL.CONDINST.MASK_BRANCH
         missing = [f for f in branch.IN_FEATURES if f not in input_shape]
         if missing:
-            raise ValueError(f"MODEL.CONDINST.MASK_BRANCH.IN_FEATURES: {missing} are not backbone "
-                             f"outputs (have {sorted(input_shape)})")
+            raise ValueError(
+                f"MODEL.CONDINST.MASK_BRANCH.IN_FEATURES: {missing} are not backbone "
+                f"outputs (have {sorted(input_shape)})"
+            )
         return {
             "in_features": branch.IN_FEATURES,
             "in_channels": [input_shape[f].channels for f in branch.IN_FEATURES],
@@ -106,13 +113,16 @@ class MaskBranch(nn.Module):
     def semantic_loss(self, logits: Tensor, gt_instances: List[Instances]) -> Tensor:
         """Focal loss of per-pixel classes at the branch's stride, normalised by the number of
         foreground pixels of this process's batch."""
-        targets = torch.stack([self.semantic_targets(inst, logits.shape[-2:]) for inst in gt_instances])
+        targets = torch.stack(
+            [self.semantic_targets(inst, logits.shape[-2:]) for inst in gt_instances]
+        )
         one_hot = torch.zeros_like(logits, dtype=torch.float32)
         fg = targets != self.num_classes
         one_hot.permute(0, 2, 3, 1)[fg, targets[fg]] = 1.0
         num_pos = torch.clamp(fg.sum().float(), min=1.0)
-        loss = sigmoid_focal_loss_jit(logits.float(), one_hot, alpha=self.focal_alpha,
-                                      gamma=self.focal_gamma, reduction="sum")
+        loss = sigmoid_focal_loss_jit(
+            logits.float(), one_hot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+        )
         return loss / num_pos
 
     def semantic_targets(self, instances: Instances, size: Tuple[int, int]) -> Tensor:
@@ -127,7 +137,9 @@ class MaskBranch(nn.Module):
             return torch.full((h, w), self.num_classes, dtype=torch.long, device=full.device)
         areas = full.flatten(1).sum(dim=1, dtype=torch.int64).float()
         cells = full[:, start :: self.out_stride, start :: self.out_stride][:, :h, :w].bool()
-        covering = torch.where(cells, areas[:, None, None], torch.tensor(float("inf"), device=full.device))
+        covering = torch.where(
+            cells, areas[:, None, None], torch.tensor(float("inf"), device=full.device)
+        )
         smallest_area, smallest = covering.min(dim=0)
         target = instances.gt_classes[smallest]
         target[torch.isinf(smallest_area)] = self.num_classes

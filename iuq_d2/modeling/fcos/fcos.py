@@ -1,5 +1,6 @@
 """FCOS as a detectron2 proposal generator: dense per-location classification, box regression
 and centerness, with CondInst's controller evaluated on the box tower."""
+
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -19,7 +20,9 @@ from .targets import assign_targets, centerness_targets, compute_locations
 
 def _flatten(maps: List[Tensor]) -> Tensor:
     """Per-level [N, C, H, W] maps -> [N, L, C], locations ordered level by level, row-major."""
-    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], dim=1)
+    return torch.cat(
+        [m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], dim=1
+    )
 
 
 def keep_top_scoring(detections: Instances, k: int) -> Instances:
@@ -80,18 +83,26 @@ class FCOS(nn.Module):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         fcos = cfg.MODEL.FCOS
         if len(fcos.FPN_STRIDES) != len(fcos.IN_FEATURES):
-            raise ValueError(f"MODEL.FCOS.FPN_STRIDES {fcos.FPN_STRIDES} needs one stride per "
-                             f"MODEL.FCOS.IN_FEATURES {fcos.IN_FEATURES}")
+            raise ValueError(
+                f"MODEL.FCOS.FPN_STRIDES {fcos.FPN_STRIDES} needs one stride per "
+                f"MODEL.FCOS.IN_FEATURES {fcos.IN_FEATURES}"
+            )
         if len(fcos.SIZES_OF_INTEREST) != len(fcos.IN_FEATURES) - 1:
-            raise ValueError(f"MODEL.FCOS.SIZES_OF_INTEREST {fcos.SIZES_OF_INTEREST} needs one "
-                             f"bound fewer than MODEL.FCOS.IN_FEATURES {fcos.IN_FEATURES}")
+            raise ValueError(
+                f"MODEL.FCOS.SIZES_OF_INTEREST {fcos.SIZES_OF_INTEREST} needs one "
+                f"bound fewer than MODEL.FCOS.IN_FEATURES {fcos.IN_FEATURES}"
+            )
         for name, stride in zip(fcos.IN_FEATURES, fcos.FPN_STRIDES):
             if name not in input_shape or input_shape[name].stride != stride:
                 have = input_shape[name].stride if name in input_shape else "missing"
-                raise ValueError(f"MODEL.FCOS.IN_FEATURES: backbone feature {name!r} has stride "
-                                 f"{have}, MODEL.FCOS.FPN_STRIDES says {stride}")
+                raise ValueError(
+                    f"MODEL.FCOS.IN_FEATURES: backbone feature {name!r} has stride "
+                    f"{have}, MODEL.FCOS.FPN_STRIDES says {stride}"
+                )
         if fcos.LOC_LOSS_TYPE not in ("iou", "giou"):
-            raise ValueError(f"MODEL.FCOS.LOC_LOSS_TYPE must be 'iou' or 'giou', got {fcos.LOC_LOSS_TYPE!r}")
+            raise ValueError(
+                f"MODEL.FCOS.LOC_LOSS_TYPE must be 'iou' or 'giou', got {fcos.LOC_LOSS_TYPE!r}"
+            )
         return {
             "fcos_head": FCOSHead(cfg, input_shape),
             "in_features": fcos.IN_FEATURES,
@@ -127,7 +138,8 @@ class FCOS(nn.Module):
         logits, bbox_reg, ctrness, bbox_towers = self.fcos_head(feats)
         top_feats = [top_module(t) for t in bbox_towers] if top_module is not None else None
         locations = [
-            compute_locations(f.shape[-2], f.shape[-1], s, f.device) for f, s in zip(feats, self.strides)
+            compute_locations(f.shape[-2], f.shape[-1], s, f.device)
+            for f, s in zip(feats, self.strides)
         ]
         if self.training:
             return self.losses(logits, bbox_reg, ctrness, top_feats, locations, gt_instances)
@@ -136,11 +148,23 @@ class FCOS(nn.Module):
     def losses(self, logits, bbox_reg, ctrness, top_feats, locations, gt_instances):
         num_images = logits[0].shape[0]
         num_locations = sum(len(loc) for loc in locations)
-        levels = torch.cat([torch.full((len(loc),), i, dtype=torch.long, device=loc.device)
-                            for i, loc in enumerate(locations)])
+        levels = torch.cat(
+            [
+                torch.full((len(loc),), i, dtype=torch.long, device=loc.device)
+                for i, loc in enumerate(locations)
+            ]
+        )
         all_locations = torch.cat(locations)
-        targets = assign_targets(all_locations, levels, self.strides, self.sizes_of_interest,
-                                 gt_instances, self.num_classes, self.center_sample, self.pos_radius)
+        targets = assign_targets(
+            all_locations,
+            levels,
+            self.strides,
+            self.sizes_of_interest,
+            gt_instances,
+            self.num_classes,
+            self.center_sample,
+            self.pos_radius,
+        )
 
         logits = _flatten(logits).reshape(-1, self.num_classes)
         bbox_reg = _flatten(bbox_reg).reshape(-1, 4)
@@ -150,13 +174,22 @@ class FCOS(nn.Module):
 
         class_targets = torch.zeros_like(logits)
         class_targets[pos, targets.labels[pos]] = 1.0
-        loss_cls = sigmoid_focal_loss_jit(logits.float(), class_targets.float(), alpha=self.focal_alpha,
-                                          gamma=self.focal_gamma, reduction="sum")
+        loss_cls = sigmoid_focal_loss_jit(
+            logits.float(),
+            class_targets.float(),
+            alpha=self.focal_alpha,
+            gamma=self.focal_gamma,
+            reduction="sum",
+        )
         reg_targets = targets.reg_targets[pos]
         ctr_targets = centerness_targets(reg_targets)
         ctr_sum_avg = torch.clamp(reduce_mean(ctr_targets.sum()), min=1e-6)
-        loss_loc = (ltrb_iou_loss(bbox_reg[pos], reg_targets, self.loc_loss_type) * ctr_targets).sum()
-        loss_ctr = F.binary_cross_entropy_with_logits(ctrness[pos].float(), ctr_targets, reduction="sum")
+        loss_loc = (
+            ltrb_iou_loss(bbox_reg[pos], reg_targets, self.loc_loss_type) * ctr_targets
+        ).sum()
+        loss_ctr = F.binary_cross_entropy_with_logits(
+            ctrness[pos].float(), ctr_targets, reduction="sum"
+        )
         losses = {
             "loss_fcos_cls": loss_cls / num_pos_avg * self.loss_weight_cls,
             "loss_fcos_loc": loss_loc / ctr_sum_avg,
@@ -171,10 +204,14 @@ class FCOS(nn.Module):
         positives.logits_pred = logits[pos]
         positives.ctrness_pred = ctrness[pos]
         if top_feats is not None:
-            positives.mask_head_params = _flatten(top_feats).reshape(num_images * num_locations, -1)[pos]
+            positives.mask_head_params = _flatten(top_feats).reshape(
+                num_images * num_locations, -1
+            )[pos]
         return positives, losses
 
-    def predict(self, logits, bbox_reg, ctrness, top_feats, locations, image_sizes: List[Tuple[int, int]]):
+    def predict(
+        self, logits, bbox_reg, ctrness, top_feats, locations, image_sizes: List[Tuple[int, int]]
+    ):
         per_level = []
         for level, (lg, reg, ctr, loc) in enumerate(zip(logits, bbox_reg, ctrness, locations)):
             top = top_feats[level] if top_feats is not None else None
@@ -182,7 +219,9 @@ class FCOS(nn.Module):
         results = []
         for image_results in zip(*per_level):
             merged = Instances.cat(list(image_results))
-            keep = batched_nms(merged.pred_boxes.tensor, merged.scores, merged.pred_classes, self.nms_thresh)
+            keep = batched_nms(
+                merged.pred_boxes.tensor, merged.scores, merged.pred_classes, self.nms_thresh
+            )
             results.append(keep_top_scoring(merged[keep], self.post_nms_topk))
         return results
 
@@ -210,8 +249,10 @@ class FCOS(nn.Module):
                 loc_inds, classes = loc_inds[top], classes[top]
             xy = locations[loc_inds]
             d = distances[i, loc_inds]
-            boxes = torch.stack([xy[:, 0] - d[:, 0], xy[:, 1] - d[:, 1],
-                                 xy[:, 0] + d[:, 2], xy[:, 1] + d[:, 3]], dim=1)
+            boxes = torch.stack(
+                [xy[:, 0] - d[:, 0], xy[:, 1] - d[:, 1], xy[:, 0] + d[:, 2], xy[:, 1] + d[:, 3]],
+                dim=1,
+            )
             inst = Instances(image_sizes[i])
             inst.pred_boxes = Boxes(boxes)
             inst.scores = torch.sqrt(cand_scores)

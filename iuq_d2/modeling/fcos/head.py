@@ -1,4 +1,5 @@
 """The FCOS head: classification and box towers shared over FPN levels."""
+
 import math
 from typing import Dict, List
 
@@ -72,8 +73,10 @@ class FCOSHead(nn.Module):
         fcos = cfg.MODEL.FCOS
         channels = {input_shape[f].channels for f in fcos.IN_FEATURES}
         if len(channels) != 1:
-            raise ValueError(f"MODEL.FCOS.IN_FEATURES {fcos.IN_FEATURES} have different channel "
-                             f"counts {sorted(channels)}; the head is shared across levels")
+            raise ValueError(
+                f"MODEL.FCOS.IN_FEATURES {fcos.IN_FEATURES} have different channel "
+                f"counts {sorted(channels)}; the head is shared across levels"
+            )
         if fcos.USE_DEFORMABLE:
             raise ValueError("MODEL.FCOS.USE_DEFORMABLE=True is not supported by iuq_d2")
         if fcos.BOX_QUALITY != "ctrness":

@@ -1,4 +1,5 @@
 """FCOS target assignment: which ground-truth box, if any, each feature location regresses."""
+
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
@@ -38,9 +39,9 @@ def assign_targets(
     """Assign every location of every image to at most one ground-truth box.
 
     A location is a candidate for a box if it lies inside it (or, with center sampling, inside
-    the square of ``pos_radius`` strides around :func:`sampling_centers`, clipped to the box) and if the largest of
-    its four distances to the box sides falls in the size range of the location's level. Among
-    candidates the box of smallest area wins.
+    the square of ``pos_radius`` strides around :func:`sampling_centers`, clipped to the box)
+    and if the largest of its four distances to the box sides falls in the size range of the
+    location's level. Among candidates the box of smallest area wins.
 
     Args:
         locations: [L, 2] (x, y) of all levels' cells, concatenated.
@@ -51,7 +52,9 @@ def assign_targets(
             when center sampling should use mask centroids).
     """
     device = locations.device
-    stride_of_location = torch.as_tensor(strides, dtype=torch.float32, device=device)[level_of_location]
+    stride_of_location = torch.as_tensor(strides, dtype=torch.float32, device=device)[
+        level_of_location
+    ]
     bounds = [0.0, *sizes_of_interest, float("inf")]
     lower = torch.as_tensor(bounds[:-1], device=device)[level_of_location]
     upper = torch.as_tensor(bounds[1:], device=device)[level_of_location]
@@ -88,7 +91,9 @@ def assign_targets(
 
         per_labels = instances.gt_classes.to(device)[gt_ind]
         per_labels[background] = num_classes
-        per_reg = reg[torch.arange(len(locations), device=device), gt_ind] / stride_of_location[:, None]
+        per_reg = (
+            reg[torch.arange(len(locations), device=device), gt_ind] / stride_of_location[:, None]
+        )
         per_gt_inds = gt_ind + num_gts_before
         per_gt_inds[background] = -1
         labels.append(per_labels)

@@ -1,5 +1,6 @@
 """The transformation-equivariance criterion: the queries of a view g(I) must segment it on
 g(F(I)), the warped representation of I, and (optionally) F(g(I)) must equal g(F(I))."""
+
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -24,12 +25,20 @@ def view_inputs(batched_inputs: List[dict]) -> List[dict]:
     views = []
     for index, x in enumerate(batched_inputs):
         if "view" not in x:
-            raise KeyError(f"training input {index} (file {x.get('file_name', '?')}) has no "
-                           "'view': MODEL.IUQ.EQUI.ENABLED needs a dataset mapper that makes "
-                           "views (INPUT.DATASET_MAPPER_NAME 'iuq')")
+            raise KeyError(
+                f"training input {index} (file {x.get('file_name', '?')}) has no "
+                "'view': MODEL.IUQ.EQUI.ENABLED needs a dataset mapper that makes "
+                "views (INPUT.DATASET_MAPPER_NAME 'iuq')"
+            )
         view = x["view"]
-        views.append({"image": view["image"], "instances": view["instances"],
-                      "image_id": x.get("image_id"), "file_name": x.get("file_name")})
+        views.append(
+            {
+                "image": view["image"],
+                "instances": view["instances"],
+                "image_id": x.get("image_id"),
+                "file_name": x.get("file_name"),
+            }
+        )
     return views
 
 
@@ -38,8 +47,9 @@ class EquivarianceCriterion(nn.Module):
     counterpart in I. Holds no state."""
 
     @configurable
-    def __init__(self, *, feat_stride: int, query_weight: float, feat_weight: float,
-                 feat_distance: str):
+    def __init__(
+        self, *, feat_stride: int, query_weight: float, feat_weight: float, feat_distance: str
+    ):
         super().__init__()
         self.feat_stride = feat_stride
         self.query_weight = query_weight
@@ -52,8 +62,10 @@ class EquivarianceCriterion(nn.Module):
         if equi.MODE not in EQUI_MODES:
             raise ValueError(f"MODEL.IUQ.EQUI.MODE must be one of {EQUI_MODES}, got {equi.MODE!r}")
         if equi.FEAT_DISTANCE not in FEAT_DISTANCES:
-            raise ValueError(f"MODEL.IUQ.EQUI.FEAT_DISTANCE must be one of {FEAT_DISTANCES}, "
-                             f"got {equi.FEAT_DISTANCE!r}")
+            raise ValueError(
+                f"MODEL.IUQ.EQUI.FEAT_DISTANCE must be one of {FEAT_DISTANCES}, "
+                f"got {equi.FEAT_DISTANCE!r}"
+            )
         return {
             "feat_stride": feat_stride,
             "query_weight": equi.QUERY_LOSS_WEIGHT,
@@ -61,16 +73,27 @@ class EquivarianceCriterion(nn.Module):
             "feat_distance": equi.FEAT_DISTANCE,
         }
 
-    def forward(self, outputs: CondInstTrainOutputs, images: ImageList,
-                gt_instances: List[Instances], batched_inputs: List[dict],
-                mask_loss: MaskLoss) -> Dict[str, Tensor]:
+    def forward(
+        self,
+        outputs: CondInstTrainOutputs,
+        images: ImageList,
+        gt_instances: List[Instances],
+        batched_inputs: List[dict],
+        mask_loss: MaskLoss,
+    ) -> Dict[str, Tensor]:
         """Losses of a batch whose first ``len(batched_inputs)`` images are the originals and
         the rest their views, in the same order; ``mask_loss`` is the model's dice loss."""
         n = len(batched_inputs)
         feats = outputs.mask_feats
         affines = torch.stack([x["view"]["affine"] for x in batched_inputs]).to(feats.device)
-        warped, valid = warp_to_view(feats[:n], affines, images.image_sizes[:n], feats.shape[-2:],
-                                     images.image_sizes[n:], self.feat_stride)
+        warped, valid = warp_to_view(
+            feats[:n],
+            affines,
+            images.image_sizes[:n],
+            feats.shape[-2:],
+            images.image_sizes[n:],
+            self.feat_stride,
+        )
         losses = {}
         if self.query_weight > 0:
             queries = outputs.queries[outputs.queries.im_inds >= n]

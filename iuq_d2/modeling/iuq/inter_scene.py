@@ -1,5 +1,6 @@
 """The inter-scene (dataset-level) uniqueness criterion: the queries of a batch must stay silent
 on the instance pixels of other images, from this global batch and from the query bank."""
+
 import zlib
 from typing import Dict, List, Sequence, Tuple
 
@@ -27,7 +28,9 @@ def image_ids_of(batched_inputs: List[dict], device: torch.device) -> Tensor:
     for x in batched_inputs:
         image_id = x.get("image_id")
         if not isinstance(image_id, int):
-            image_id = zlib.crc32(str(image_id if image_id is not None else x["file_name"]).encode())
+            image_id = zlib.crc32(
+                str(image_id if image_id is not None else x["file_name"]).encode()
+            )
         ids.append(image_id)
     return torch.tensor(ids, dtype=torch.int64, device=device)
 
@@ -135,10 +138,14 @@ class InterSceneCriterion(nn.Module):
     def from_config(cls, cfg, mask_head: DynamicMaskHead, feat_channels: int, feat_stride: int):
         inter = cfg.MODEL.IUQ.INTER
         if inter.COORDS not in COORD_MODES:
-            raise ValueError(f"MODEL.IUQ.INTER.COORDS must be one of {COORD_MODES}, got {inter.COORDS!r}")
+            raise ValueError(
+                f"MODEL.IUQ.INTER.COORDS must be one of {COORD_MODES}, got {inter.COORDS!r}"
+            )
         if inter.NORMALIZATION not in NORMALIZATIONS:
-            raise ValueError(f"MODEL.IUQ.INTER.NORMALIZATION must be one of {NORMALIZATIONS}, "
-                             f"got {inter.NORMALIZATION!r}")
+            raise ValueError(
+                f"MODEL.IUQ.INTER.NORMALIZATION must be one of {NORMALIZATIONS}, "
+                f"got {inter.NORMALIZATION!r}"
+            )
         for key in ("PIXELS_PER_INSTANCE", "NUM_NEGATIVES"):
             if inter[key] < 0:
                 raise ValueError(f"MODEL.IUQ.INTER.{key} must be >= 0, got {inter[key]}")
@@ -167,12 +174,18 @@ class InterSceneCriterion(nn.Module):
             return 1.0
         return min(iteration / self.warmup_iters, 1.0)
 
-    def collect(self, mask_feats: Tensor, gt_instances: List[Instances], image_ids: Tensor,
-                with_grad: bool = False) -> BankEntries:
+    def collect(
+        self,
+        mask_feats: Tensor,
+        gt_instances: List[Instances],
+        image_ids: Tensor,
+        with_grad: bool = False,
+    ) -> BankEntries:
         """``pixels_per_instance`` instance pixels of every ground-truth instance of this
         process's images, their features detached unless ``with_grad``."""
         images, rows, cols, instances = sample_instance_cells(
-            gt_instances, mask_feats.shape[-2:], self.feat_stride, self.pixels_per_instance)
+            gt_instances, mask_feats.shape[-2:], self.feat_stride, self.pixels_per_instance
+        )
         feats = mask_feats[images, :, rows, cols].float()
         positions = fcos_cell_center(torch.stack([cols, rows], dim=1), self.feat_stride).float()
         if len(instances) > 0:
@@ -186,8 +199,14 @@ class InterSceneCriterion(nn.Module):
             image_ids=image_ids[images],
         )
 
-    def forward(self, mask_feats: Tensor, queries: Instances, gt_instances: List[Instances],
-                image_ids: Tensor, iteration: int) -> Dict[str, Tensor]:
+    def forward(
+        self,
+        mask_feats: Tensor,
+        queries: Instances,
+        gt_instances: List[Instances],
+        image_ids: Tensor,
+        iteration: int,
+    ) -> Dict[str, Tensor]:
         """``loss_inter`` of the queries against bank samples and this global batch's instance
         pixels; afterwards the batch's pixels join the bank."""
         local = self.collect(mask_feats, gt_instances, image_ids, with_grad=self.batch_entry_grad)
@@ -214,13 +233,23 @@ class InterSceneCriterion(nn.Module):
         else:
             query_anchors = queries.locations
             pixel_anchors = negatives.positions
-        soi = torch.tensor(self.sizes_of_interest, dtype=torch.float32,
-                           device=queries.locations.device)[queries.fpn_levels]
+        soi = torch.tensor(
+            self.sizes_of_interest, dtype=torch.float32, device=queries.locations.device
+        )[queries.fpn_levels]
         loss, stats = inter_scene_focal_loss(
-            queries.mask_head_params, query_anchors, soi, image_ids[queries.im_inds],
-            negatives.feats, pixel_anchors, negatives.image_ids, self.layer_shapes,
-            use_rel_coords=self.use_rel_coords, alpha=self.alpha, gamma=self.gamma,
-            normalization=self.normalization, impl=self.impl,
+            queries.mask_head_params,
+            query_anchors,
+            soi,
+            image_ids[queries.im_inds],
+            negatives.feats,
+            pixel_anchors,
+            negatives.image_ids,
+            self.layer_shapes,
+            use_rel_coords=self.use_rel_coords,
+            alpha=self.alpha,
+            gamma=self.gamma,
+            normalization=self.normalization,
+            impl=self.impl,
         )
         self.bank.enqueue(current, iteration)
 

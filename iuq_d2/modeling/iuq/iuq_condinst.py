@@ -11,6 +11,7 @@ The model is CondInst plus two training-only criteria (as Mask2Former's model ho
 At inference the model is CondInst, with the same weights layout plus the bank's buffers, which
 ``iuq_d2.strip_checkpoint`` removes.
 """
+
 from typing import List, Optional
 
 from detectron2.config import configurable
@@ -48,9 +49,14 @@ class IUQCondInst(CondInst):
         branch, head = ret["mask_branch"], ret["mask_head"]
         iuq = cfg.MODEL.IUQ
         ret["inter_scene"] = (
-            InterSceneCriterion(cfg, mask_head=head, feat_channels=branch.out_channels,
-                                feat_stride=branch.out_stride)
-            if iuq.INTER.ENABLED else None
+            InterSceneCriterion(
+                cfg,
+                mask_head=head,
+                feat_channels=branch.out_channels,
+                feat_stride=branch.out_stride,
+            )
+            if iuq.INTER.ENABLED
+            else None
         )
         ret["equivariance"] = (
             EquivarianceCriterion(cfg, feat_stride=branch.out_stride) if iuq.EQUI.ENABLED else None
@@ -68,12 +74,19 @@ class IUQCondInst(CondInst):
         outputs = self.forward_train(images, gt_instances)
         losses = outputs.losses
         if self.equivariance is not None:
-            losses.update(self.equivariance(outputs, images, gt_instances, batched_inputs,
-                                            self.mask_loss))
+            losses.update(
+                self.equivariance(outputs, images, gt_instances, batched_inputs, self.mask_loss)
+            )
         if self.inter_scene is not None:
-            losses.update(self.inter_scene(outputs.mask_feats, outputs.queries, gt_instances,
-                                           image_ids_of(inputs, self.device),
-                                           get_event_storage().iter))
+            losses.update(
+                self.inter_scene(
+                    outputs.mask_feats,
+                    outputs.queries,
+                    gt_instances,
+                    image_ids_of(inputs, self.device),
+                    get_event_storage().iter,
+                )
+            )
         return losses
 
 
@@ -81,4 +94,4 @@ def _map_old_bank_keys(state_dict, prefix, *args) -> None:
     """Checkpoints written before the criteria held the bank at ``query_bank.*``."""
     old = prefix + _OLD_BANK_PREFIX
     for key in [k for k in state_dict if k.startswith(old)]:
-        state_dict[prefix + "inter_scene.bank." + key[len(old):]] = state_dict.pop(key)
+        state_dict[prefix + "inter_scene.bank." + key[len(old) :]] = state_dict.pop(key)

@@ -1,5 +1,6 @@
 """The query bank: a first-in-first-out memory of instance pixels from past training images,
 the negatives of the inter-scene uniqueness loss."""
+
 from dataclasses import dataclass, fields
 from typing import List, Optional, Tuple
 
@@ -29,7 +30,9 @@ class BankEntries:
 
     @staticmethod
     def cat(parts: List["BankEntries"]) -> "BankEntries":
-        return BankEntries(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(BankEntries)))
+        return BankEntries(
+            *(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(BankEntries))
+        )
 
     def all_gather(self) -> "BankEntries":
         """The entries of every process, in rank order (identical on all processes)."""
@@ -78,7 +81,7 @@ class QueryBank(nn.Module):
         if n == 0:
             return
         if n > self.capacity:
-            entries = entries[n - self.capacity:]
+            entries = entries[n - self.capacity :]
             n = self.capacity
         slots = (self.ptr + torch.arange(n, device=self.ptr.device)) % self.capacity
         for f in fields(BankEntries):
