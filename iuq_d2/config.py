@@ -168,6 +168,9 @@ def add_iuq_config(cfg: CN) -> None:
     # Implementation of the loss (iuq_d2.layers.inter_scene): "auto" (the Triton kernel on CUDA,
     # the tiled path elsewhere), "triton", "tiled" or "reference" (the plain PyTorch one).
     _C.MODEL.IUQ.INTER.IMPL = "auto"
+    # Give no inter-scene gradient to the output bias of each query's dynamic head, so the loss
+    # cannot silence other images by lowering all of the query's logits (its own object's too).
+    _C.MODEL.IUQ.INTER.DETACH_OUTPUT_BIAS = False
 
     # Equivariance: every training image I gets a view g(I) (aligned crop, optional horizontal
     # flip, rescale), made in the dataset mapper before padding so that g is known exactly.

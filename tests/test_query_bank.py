@@ -348,3 +348,20 @@ def test_batch_entry_grad_reaches_the_mask_branch_only_when_asked(attached):
     branch = [p.grad for n, p in model.named_parameters() if n.startswith("mask_branch.tower")]
     reached = any(g is not None and g.abs().sum() > 0 for g in branch)
     assert reached == attached
+
+
+def test_detached_output_bias_gets_no_inter_scene_gradient():
+    torch.manual_seed(0)
+    model = build_model(iuq_config(**{"MODEL.IUQ.INTER.DETACH_OUTPUT_BIAS": True}))
+    queries = Instances((0, 0))
+    queries.mask_head_params = torch.randn(3, model.mask_head.num_params, requires_grad=True)
+    queries.locations = torch.tensor([[20.0, 20.0], [40.0, 30.0], [10.0, 50.0]])
+    queries.fpn_levels = torch.tensor([0, 0, 1])
+    queries.im_inds = torch.tensor([0, 0, 1])
+    images, gt = _prepared(model, _two_image_batch())
+    feats = torch.randn(2, model.mask_branch.out_channels, 14, 16)
+    with EventStorage():
+        loss = model.inter_scene(feats, queries, gt, torch.tensor([0, 1]), 0)["loss_inter"]
+    loss.backward()
+    grad = queries.mask_head_params.grad
+    assert grad[:, -1].abs().max() == 0 and grad[:, :-1].abs().sum() > 0

@@ -114,6 +114,7 @@ class InterSceneCriterion(nn.Module):
         batch_entry_grad: bool,
         normalization: str,
         impl: str,
+        detach_output_bias: bool = False,
     ):
         super().__init__()
         self.bank = bank
@@ -133,6 +134,7 @@ class InterSceneCriterion(nn.Module):
         self.batch_entry_grad = batch_entry_grad
         self.normalization = normalization
         self.impl = impl
+        self.detach_output_bias = detach_output_bias
 
     @classmethod
     def from_config(cls, cfg, mask_head: DynamicMaskHead, feat_channels: int, feat_stride: int):
@@ -167,6 +169,7 @@ class InterSceneCriterion(nn.Module):
             "batch_entry_grad": inter.BATCH_ENTRY_GRAD,
             "normalization": inter.NORMALIZATION,
             "impl": inter.IMPL,
+            "detach_output_bias": inter.DETACH_OUTPUT_BIAS,
         }
 
     def warmup_factor(self, iteration: int) -> float:
@@ -236,8 +239,12 @@ class InterSceneCriterion(nn.Module):
         soi = torch.tensor(
             self.sizes_of_interest, dtype=torch.float32, device=queries.locations.device
         )[queries.fpn_levels]
+        params = queries.mask_head_params
+        if self.detach_output_bias:
+            # The last number of a query's parameters is its output bias (biases come last).
+            params = torch.cat([params[:, :-1], params[:, -1:].detach()], dim=1)
         loss, stats = inter_scene_focal_loss(
-            queries.mask_head_params,
+            params,
             query_anchors,
             soi,
             image_ids[queries.im_inds],
