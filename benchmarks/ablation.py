@@ -91,6 +91,12 @@ VARIANTS = {
     "+bank (entry grad)": IUQ + NO_EQUI + ENTRY_GRAD,
     "+bank (per-image norm)": IUQ + NO_EQUI + PER_IMAGE,
     "+bank (age <= 20, entry grad, per-image norm)": IUQ + NO_EQUI + FRESH + ENTRY_GRAD + PER_IMAGE,
+    # Weight and warm-up, and whether the loss works by lowering the query's output bias.
+    "+bank (weight 0.25)": IUQ + NO_EQUI + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
+    "+bank (warm-up 350)": IUQ + NO_EQUI + ["MODEL.IUQ.INTER.WARMUP_ITERS", "350"],
+    "+bank (no output-bias gradient)": IUQ
+    + NO_EQUI
+    + ["MODEL.IUQ.INTER.DETACH_OUTPUT_BIAS", "True"],
 }
 CORE = ["CondInst", "+bank", "+equivariance", "+bank +equivariance"]
 
