@@ -1,7 +1,7 @@
 """Dataset registration for iuq_d2: the built-in synthetic splits (shapes, cells) and the
-COCO-format
-datasets listed in ``DATASETS.CUSTOM_COCO``, both loaded by the checked COCO loader
-(``coco_loader``), and the set-up check of the class count against the datasets.
+COCO-format datasets listed in ``DATASETS.CUSTOM_COCO``, both loaded by the checked COCO loader
+(``coco_loader``), and the set-up steps that depend on the datasets: the check of the class count
+and the choice of the mask format.
 """
 
 import functools
@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -18,7 +18,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .cells import CELLS_CLASSES, CELLS_SPLITS, generate_cells
 from .cells import GENERATOR_VERSION as CELLS_VERSION
 from .coco_loader import coco_dataset_dicts, load_coco_json_checked
-from .coco_validation import coco_thing_classes, read_json
+from .coco_validation import check_coco, coco_thing_classes, read_json
 from .shapes import GENERATOR_VERSION, SHAPES_CLASSES, SHAPES_SPLITS, generate_shapes
 
 __all__ = [
@@ -27,6 +27,8 @@ __all__ = [
     "CustomCocoLoader",
     "SyntheticDataset",
     "check_num_classes",
+    "choose_mask_format",
+    "coco_mask_encodings",
     "default_cache_root",
     "ensure_generated",
     "ensure_shapes",
@@ -136,19 +138,31 @@ def register_builtin_datasets(cache_root: Optional[str] = None) -> None:
             # DefaultTrainer.test does (build_test_loader) before it builds the evaluator.
             MetadataCatalog.get(name).set(
                 thing_classes=list(dataset.classes),
+                mask_encodings=["polygon"],
                 evaluator_type="coco",
                 json_file=json_file,
                 image_root=os.path.join(out_dir, "images"),
             )
 
 
+def coco_mask_encodings(data: Any) -> FrozenSet[str]:
+    """The encodings, "polygon" and "rle", of the masks that train in parsed COCO json ``data``:
+    those of non-crowd annotations (crowd regions are not trained on)."""
+    return frozenset(
+        "rle" if isinstance(ann["segmentation"], dict) else "polygon"
+        for ann in data["annotations"]
+        if ann.get("segmentation") and not ann.get("iscrowd", 0)
+    )
+
+
 class CustomCocoLoader:
     """The DatasetCatalog function of a ``DATASETS.CUSTOM_COCO`` entry, parsing its json once
     from set-up through the first load.
 
-    :func:`check_num_classes` needs the categories at set-up, before any load. Its
-    :meth:`thing_classes` keeps the parsed json for the next call, which converts it instead
-    of parsing the file again. That call drops it, so later loads parse afresh, as does a load
+    The set-up steps need the json before any load: :func:`check_num_classes` its categories,
+    :func:`choose_mask_format` its mask encodings. :meth:`thing_classes` and
+    :meth:`mask_encodings` keep the parsed json for the next call, which converts it instead of
+    parsing the file again. That call drops it, so later loads parse afresh, as does a load
     after the file changed (size or modification time). Until the first load the parsed json
     stays in memory: for a dataset only in DATASETS.TEST, until the first evaluation.
     """
@@ -158,26 +172,40 @@ class CustomCocoLoader:
         self.image_root = image_root
         self.dataset_name = dataset_name
         self._parsed: Optional[Tuple[Tuple[int, int], Any]] = None
+        self._checked = False  # whether the kept parse passed check_coco
 
     def _stamp(self) -> Tuple[int, int]:
         stat = os.stat(self.json_file)
         return stat.st_size, stat.st_mtime_ns
 
-    def thing_classes(self) -> List[str]:
-        """The category names sorted by id, from a parse kept for the next load."""
+    def _kept_parse(self) -> Any:
+        """The parsed json, kept for the next load; parsed again unless the kept one is of the
+        file as it is now."""
         stamp = self._stamp()
-        data = read_json(self.json_file)
-        classes = coco_thing_classes(data, self.json_file)
-        self._parsed = (stamp, data)
-        return classes
+        if self._parsed is None or self._parsed[0] != stamp:
+            self._parsed = (stamp, read_json(self.json_file))
+            self._checked = False
+        return self._parsed[1]
+
+    def thing_classes(self) -> List[str]:
+        """The category names sorted by id."""
+        return coco_thing_classes(self._kept_parse(), self.json_file)
+
+    def mask_encodings(self) -> FrozenSet[str]:
+        """:func:`coco_mask_encodings` of the json, after its full check (:func:`check_coco`),
+        so that a malformed annotation stops the run at set-up; the next load skips the check."""
+        data = self._kept_parse()
+        if not self._checked:
+            check_coco(data, self.json_file)
+            self._checked = True
+        return coco_mask_encodings(data)
 
     def __call__(self) -> List[Dict[str, Any]]:
-        parsed, self._parsed = self._parsed, None
-        if parsed is not None and parsed[0] == self._stamp():
-            data = parsed[1]
-        else:
-            data = read_json(self.json_file)
-        return coco_dataset_dicts(data, self.json_file, self.image_root, self.dataset_name)
+        data, checked = self._kept_parse(), self._checked
+        self._parsed, self._checked = None, False
+        return coco_dataset_dicts(
+            data, self.json_file, self.image_root, self.dataset_name, checked=checked
+        )
 
 
 def register_custom_coco(cfg: CfgNode) -> None:
@@ -254,3 +282,55 @@ def check_num_classes(cfg: CfgNode) -> None:
                     f"MODEL.FCOS.NUM_CLASSES is {num_classes}. Set MODEL.FCOS.NUM_CLASSES "
                     f"{len(classes)} in the config file or on the command line."
                 )
+
+
+def _mask_encodings(name: str) -> Optional[FrozenSet[str]]:
+    """The mask encodings of registered dataset ``name`` (see :func:`choose_mask_format`), or
+    None where they are not known without loading it."""
+    loader = DatasetCatalog[name]
+    if isinstance(loader, CustomCocoLoader):
+        return loader.mask_encodings()
+    encodings = MetadataCatalog.get(name).get("mask_encodings")
+    return None if encodings is None else frozenset(encodings)
+
+
+def choose_mask_format(cfg: CfgNode) -> None:
+    """Set INPUT.MASK_FORMAT to "bitmask" when a dataset of DATASETS.TRAIN has RLE masks, which
+    "polygon" cannot hold (the loader would fail in a worker); log the choice.
+
+    Bitmasks take polygons and RLE alike, so mixed datasets train together, and RLE stays exact
+    (polygons traced from it would not). A "polygon" config without RLE is kept: polygons are
+    cheaper to crop and resize. The encodings come from the data, so every process chooses
+    alike: a ``DATASETS.CUSTOM_COCO`` dataset's from its json, which is checked in full here,
+    so that a malformed annotation fails at set-up; another dataset's from a ``mask_encodings``
+    entry of its metadata (the built-in ones: polygons). A dataset with neither is left out;
+    RLE masks of one fail in the mapper, with an error naming INPUT.MASK_FORMAT.
+    Runs after :func:`check_num_classes`, which checks that the datasets are registered.
+    """
+    train = {name: _mask_encodings(name) for name in cfg.DATASETS.TRAIN}
+    # Test loaders make no instances, but a malformed test json should fail here all the same.
+    for name in cfg.DATASETS.TEST:
+        if name not in train:
+            _mask_encodings(name)
+    found: Dict[str, List[str]] = {"rle": [], "polygon": [], "unknown": []}
+    for name, encodings in train.items():
+        if encodings is None:
+            found["unknown"].append(name)
+        for encoding in encodings or ():
+            found[encoding].append(name)
+    configured = cfg.INPUT.MASK_FORMAT
+    if found["rle"]:
+        cfg.INPUT.MASK_FORMAT = "bitmask"
+    described = "; ".join(
+        f"{what} in {names}"
+        for what, names in (
+            ("RLE masks", found["rle"]),
+            ("polygons", found["polygon"]),
+            ("masks of unknown encoding (no DATASETS.CUSTOM_COCO dataset)", found["unknown"]),
+        )
+        if names
+    )
+    logger.info(
+        f"INPUT.MASK_FORMAT {cfg.INPUT.MASK_FORMAT!r} (configured {configured!r}) for "
+        f"DATASETS.TRAIN {list(cfg.DATASETS.TRAIN)}: {described or 'no masks'}"
+    )

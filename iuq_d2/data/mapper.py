@@ -66,6 +66,12 @@ class CondInstDatasetMapper(DatasetMapper):
                 obj.pop("segmentation", None)
             if not self.use_keypoint:
                 obj.pop("keypoints", None)
+            if isinstance(obj.get("segmentation"), dict) and self.instance_mask_format == "polygon":
+                raise ValueError(
+                    "An annotation has an RLE mask, which INPUT.MASK_FORMAT 'polygon' cannot "
+                    "hold: set INPUT.MASK_FORMAT bitmask (set-up chooses it from the data only "
+                    "for DATASETS.CUSTOM_COCO and built-in datasets)"
+                )
             annos.append(
                 utils.transform_instance_annotations(
                     obj, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices

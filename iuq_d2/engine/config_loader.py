@@ -7,7 +7,7 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 
 from ..config import add_condinst_config, add_iuq_config
-from ..data import check_num_classes, register_custom_coco
+from ..data import check_num_classes, choose_mask_format, register_custom_coco
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ def load_config(
     the demo and the benchmarks agree: a CUDA config falls back to the CPU on a machine without
     CUDA (configs name ``cuda`` and tests, demos and CI run on CPUs), AMP on the CPU is refused,
     DATASETS.CUSTOM_COCO is registered and MODEL.FCOS.NUM_CLASSES is checked against the
-    datasets, so that a mismatch fails here rather than mid-training.
+    datasets, so that a mismatch fails here rather than mid-training, and INPUT.MASK_FORMAT
+    becomes "bitmask" where a training dataset has RLE masks (``choose_mask_format``).
     """
     cfg = get_config()
     if config_file:
@@ -42,6 +43,7 @@ def load_config(
         raise ValueError("SOLVER.AMP.ENABLED True needs a CUDA device; this run is on the CPU")
     register_custom_coco(cfg)
     check_num_classes(cfg)
+    choose_mask_format(cfg)
     if freeze:
         cfg.freeze()
     return cfg
