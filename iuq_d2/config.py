@@ -171,6 +171,10 @@ def add_iuq_config(cfg: CN) -> None:
     # Give no inter-scene gradient to the output bias of each query's dynamic head, so the loss
     # cannot silence other images by lowering all of the query's logits (its own object's too).
     _C.MODEL.IUQ.INTER.DETACH_OUTPUT_BIAS = False
+    # Leave out the pairs whose pixel, laid over the query's image at its own position
+    # ("overlay"), falls on the query's own ground-truth instance, where the mask loss asks the
+    # query to fire (needs NORMALIZATION "pairs"; not fused: runs on the tiled path).
+    _C.MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT = False
 
     # Equivariance: every training image I gets a view g(I) (aligned crop, optional horizontal
     # flip, rescale), made in the dataset mapper before padding so that g is known exactly.

@@ -365,3 +365,57 @@ def test_detached_output_bias_gets_no_inter_scene_gradient():
     loss.backward()
     grad = queries.mask_head_params.grad
     assert grad[:, -1].abs().max() == 0 and grad[:, :-1].abs().sum() > 0
+
+
+def test_pair_mask_is_honoured_alike_by_the_reference_and_the_tiled_path():
+    torch.manual_seed(0)
+    shapes = [(8, 10), (8, 8), (1, 8)]
+    params = torch.randn(4, 169, requires_grad=True)
+    args = (
+        params,
+        torch.rand(4, 2) * 50,
+        torch.full((4,), 64.0),
+        torch.tensor([0, 0, 1, 2]),
+        torch.randn(9, 8),
+        torch.rand(9, 2) * 50,
+        torch.tensor([1, 1, 2, 2, 0, 3, 3, 3, 1]),
+        shapes,
+    )
+    mask = torch.rand(4, 9) > 0.4
+    ref, ref_stats = inter_scene_focal_loss(*args, impl="reference", pair_mask=mask)
+    (g_ref,) = torch.autograd.grad(ref, params)
+    tiled, tiled_stats = inter_scene_focal_loss(*args, impl="tiled", pair_mask=mask, chunk_elems=24)
+    (g_tiled,) = torch.autograd.grad(tiled, params)
+    torch.testing.assert_close(tiled, ref)
+    torch.testing.assert_close(g_tiled, g_ref)
+    expected_pairs = ((args[3][:, None] != args[6][None, :]) & mask).sum()
+    assert ref_stats.num_pairs == expected_pairs == tiled_stats.num_pairs
+    # Masking every pair of one query zeroes its gradient.
+    mask[1] = False
+    loss, _ = inter_scene_focal_loss(*args, impl="tiled", pair_mask=mask)
+    (g,) = torch.autograd.grad(loss, params)
+    assert g[1].abs().max() == 0 and g[0].abs().max() > 0
+
+
+def test_pairs_on_the_query_own_instance_are_left_out():
+    model = build_model(iuq_config(**{"MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT": True}))
+    # Image 0 holds one instance over x 8..40, y 8..40: cell centres 12, 20, 28, 36 per axis.
+    batch = [make_input(64, 64, [[8, 8, 40, 40]], [0], seed=0)]
+    images, gt = _prepared(model, batch)
+    queries = Instances((0, 0))
+    queries.gt_inds = torch.tensor([0])
+    positions = torch.tensor([[20.0, 20.0], [44.0, 20.0], [36.0, 36.0], [300.0, 20.0]])
+    keep = model.inter_scene.off_own_footprint(queries, gt, positions, (8, 8))
+    assert keep.tolist() == [[False, True, False, True]]
+
+
+def test_footprint_exclusion_needs_overlay_pairs():
+    with pytest.raises(ValueError, match="EXCLUDE_OWN_FOOTPRINT"):
+        build_model(
+            iuq_config(
+                **{
+                    "MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT": True,
+                    "MODEL.IUQ.INTER.COORDS": "instance_centered",
+                }
+            )
+        )

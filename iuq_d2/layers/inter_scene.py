@@ -38,6 +38,7 @@ def inter_scene_weights(
     pixel_images: Tensor,
     normalization: str = "pairs",
     dtype: torch.dtype = torch.float32,
+    pair_mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Per-query weights [Q] and per-entry weights [N] that make the loss one weighted sum.
 
@@ -49,11 +50,16 @@ def inter_scene_weights(
       images, then over the queries that have any: pw[n] = 1 / #entries of n's image and
       qw[q] = 1 / (#queries with a valid pair * #entry images other than q's), 0 without one.
 
+    ``pair_mask`` ([Q, N] bool), when given, further restricts the valid pairs; it needs
+    ``"pairs"``, whose count is then taken over the pairs it keeps.
+
     Returns:
         qw, pw and the number of valid pairs (int64 scalar).
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if pair_mask is not None and normalization != "pairs":
+        raise ValueError("a pair mask needs normalization 'pairs'")
     num_q, num_n = query_images.numel(), pixel_images.numel()
     ids = torch.cat([query_images.reshape(-1), pixel_images.reshape(-1)])
     _, inverse = torch.unique(ids, return_inverse=True)
@@ -62,6 +68,8 @@ def inter_scene_weights(
     q_count = torch.bincount(q_ids, minlength=num_ids)
     p_count = torch.bincount(p_ids, minlength=num_ids)
     num_pairs = num_q * num_n - (q_count * p_count).sum()
+    if pair_mask is not None:
+        num_pairs = ((query_images[:, None] != pixel_images[None, :]) & pair_mask).sum()
     if normalization == "pairs":
         qw = (1.0 / num_pairs.clamp(min=1).to(dtype)).expand(num_q).contiguous()
         pw = torch.ones(num_n, dtype=dtype, device=ids.device)
@@ -127,6 +135,7 @@ def reference_inter_scene_focal_loss(
     alpha: float = 0.25,
     gamma: float = 2.0,
     normalization: str = "pairs",
+    pair_mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, InterSceneStats]:
     """The PyTorch graph the fused paths are tested against; keeps [Q, hidden, N] tensors."""
     dtype = params.dtype
@@ -142,8 +151,12 @@ def reference_inter_scene_focal_loss(
         x = torch.bmm(w, F.relu(x)).add_(b[:, :, None])
     logits = x[:, 0, :].float()  # [Q, N]
 
-    qw, pw, num_pairs = inter_scene_weights(query_images, pixel_images, normalization)
+    qw, pw, num_pairs = inter_scene_weights(
+        query_images, pixel_images, normalization, pair_mask=pair_mask
+    )
     valid = query_images[:, None] != pixel_images[None, :]
+    if pair_mask is not None:
+        valid = valid & pair_mask
     loss = focal_loss_target0(logits, alpha, gamma)
     total = (loss * (qw[:, None] * pw[None, :] * valid)).sum()
     with torch.no_grad():
@@ -151,12 +164,14 @@ def reference_inter_scene_focal_loss(
     return total, InterSceneStats(num_pairs, firing)
 
 
-def _resolve_impl(impl: str, params: Tensor) -> str:
+def _resolve_impl(impl: str, params: Tensor, masked: bool = False) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "triton" and masked:
+        raise NotImplementedError("the Triton inter-scene kernel takes no pair mask")
     if impl != "auto":
         return impl
-    if params.is_cuda:
+    if params.is_cuda and not masked:
         from .inter_scene_triton import triton_available
 
         if triton_available():
@@ -179,6 +194,7 @@ def inter_scene_focal_loss(
     normalization: str = "pairs",
     impl: str = "auto",
     chunk_elems: Optional[int] = None,
+    pair_mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, InterSceneStats]:
     """Focal loss (target 0) of every query on every entry of another image.
 
@@ -200,10 +216,12 @@ def inter_scene_focal_loss(
         impl: "reference", "tiled", "triton" (CUDA tensors only) or "auto" (triton on CUDA when
             it imports, else tiled).
         chunk_elems: tiled path only: about how many floats one [Q, hidden, T] chunk holds.
+        pair_mask: optional [Q, N] bool, the pairs that may count besides the image test
+            (reference and tiled paths; "pairs" normalisation).
     Returns:
         the loss (0 with the graph kept when no pair is valid) and statistics without gradient.
     """
-    impl = _resolve_impl(impl, params)
+    impl = _resolve_impl(impl, params, pair_mask is not None)
     args = (
         params,
         query_anchors,
@@ -219,11 +237,11 @@ def inter_scene_focal_loss(
         normalization,
     )
     if impl == "reference":
-        return reference_inter_scene_focal_loss(*args)
+        return reference_inter_scene_focal_loss(*args, pair_mask=pair_mask)
     if impl == "tiled":
         from .inter_scene_tiled import tiled_inter_scene_focal_loss
 
-        return tiled_inter_scene_focal_loss(*args, chunk_elems=chunk_elems)
+        return tiled_inter_scene_focal_loss(*args, chunk_elems=chunk_elems, pair_mask=pair_mask)
     from .inter_scene_triton import triton_inter_scene_focal_loss
 
     return triton_inter_scene_focal_loss(*args)

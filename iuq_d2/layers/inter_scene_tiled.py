@@ -80,6 +80,7 @@ class TiledInterSceneLoss(torch.autograd.Function):
         alpha: float,
         gamma: float,
         chunk: int,
+        pair_mask: Optional[Tensor],
         *layers: Tensor,
     ) -> Tuple[Tensor, Tensor]:
         dtype = compute_dtype(inputs, *layers)
@@ -125,6 +126,8 @@ class TiledInterSceneLoss(torch.autograd.Function):
                 x = torch.baddbmm(biases[layer][:, :, None], weights[layer], x, out=out)
             loss, grad, prob = focal_and_grad(x[:, 0, :], alpha, gamma)
             valid = query_images[:, None] != pixel_images[None, start : start + t]
+            if pair_mask is not None:
+                valid &= pair_mask[:, start : start + t]
             pair_w = (qw[:, None] * pw[None, start : start + t]).masked_fill_(~valid, 0.0)
             total += (loss * pair_w).sum()
             firing += ((prob > 0.5) & valid).sum()
@@ -162,7 +165,7 @@ class TiledInterSceneLoss(torch.autograd.Function):
         num_params = len(ctx.layer_dtypes)
         d_layers = [(g * grad_loss).to(dt) for g, dt in zip(saved[:num_params], ctx.layer_dtypes)]
         d_inputs = (saved[num_params] * grad_loss).to(ctx.input_dtype) if ctx.need_inputs else None
-        return (d_inputs, None, None, None, None, None, None, None, *d_layers)
+        return (d_inputs, None, None, None, None, None, None, None, None, *d_layers)
 
 
 def tiled_inter_scene_focal_loss(
@@ -179,6 +182,7 @@ def tiled_inter_scene_focal_loss(
     gamma: float = 2.0,
     normalization: str = "pairs",
     chunk_elems: Optional[int] = None,
+    pair_mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, InterSceneStats]:
     """``inter_scene_focal_loss`` in chunks of entries; see the module docstring."""
     dtype = compute_dtype(params, pixel_feats)
@@ -186,7 +190,9 @@ def tiled_inter_scene_focal_loss(
         params, query_anchors, query_soi, layer_shapes, use_rel_coords, dtype
     )
     inputs = entry_inputs(pixel_feats, pixel_anchors, use_rel_coords, dtype)
-    qw, pw, num_pairs = inter_scene_weights(query_images, pixel_images, normalization, dtype)
+    qw, pw, num_pairs = inter_scene_weights(
+        query_images, pixel_images, normalization, dtype, pair_mask
+    )
     num_q, hidden = weights[0].shape[:2]
     hidden = max([hidden] + [w.shape[1] for w in weights[1:]])
     chunk = _chunk_size(num_q, hidden, inputs.shape[0], chunk_elems or DEFAULT_CHUNK_ELEMS)
@@ -199,6 +205,7 @@ def tiled_inter_scene_focal_loss(
         float(alpha),
         float(gamma),
         chunk,
+        pair_mask,
         *weights,
         *biases,
     )

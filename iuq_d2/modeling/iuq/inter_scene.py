@@ -115,6 +115,7 @@ class InterSceneCriterion(nn.Module):
         normalization: str,
         impl: str,
         detach_output_bias: bool = False,
+        exclude_own_footprint: bool = False,
     ):
         super().__init__()
         self.bank = bank
@@ -135,6 +136,7 @@ class InterSceneCriterion(nn.Module):
         self.normalization = normalization
         self.impl = impl
         self.detach_output_bias = detach_output_bias
+        self.exclude_own_footprint = exclude_own_footprint
 
     @classmethod
     def from_config(cls, cfg, mask_head: DynamicMaskHead, feat_channels: int, feat_stride: int):
@@ -147,6 +149,13 @@ class InterSceneCriterion(nn.Module):
             raise ValueError(
                 f"MODEL.IUQ.INTER.NORMALIZATION must be one of {NORMALIZATIONS}, "
                 f"got {inter.NORMALIZATION!r}"
+            )
+        if inter.EXCLUDE_OWN_FOOTPRINT and (
+            inter.COORDS != "overlay" or inter.NORMALIZATION != "pairs"
+        ):
+            raise ValueError(
+                "MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT needs COORDS 'overlay' and NORMALIZATION "
+                f"'pairs', got {inter.COORDS!r} and {inter.NORMALIZATION!r}"
             )
         for key in ("PIXELS_PER_INSTANCE", "NUM_NEGATIVES"):
             if inter[key] < 0:
@@ -170,6 +179,7 @@ class InterSceneCriterion(nn.Module):
             "normalization": inter.NORMALIZATION,
             "impl": inter.IMPL,
             "detach_output_bias": inter.DETACH_OUTPUT_BIAS,
+            "exclude_own_footprint": inter.EXCLUDE_OWN_FOOTPRINT,
         }
 
     def warmup_factor(self, iteration: int) -> float:
@@ -201,6 +211,29 @@ class InterSceneCriterion(nn.Module):
             offsets=centers - positions,
             image_ids=image_ids[images],
         )
+
+    def off_own_footprint(
+        self,
+        queries: Instances,
+        gt_instances: List[Instances],
+        positions: Tensor,
+        feat_shape: Tuple[int, int],
+    ) -> Tensor:
+        """[Q, N] bool: whether entry n, laid over query q's image at its own position, falls
+        off q's ground-truth instance. On the instance the query must fire in its own image,
+        so a look-alike pixel of another image there is a negative that contradicts the mask
+        loss; off it, the two losses ask for the same thing."""
+        h, w = feat_shape
+        stride, start = self.feat_stride, self.feat_stride // 2
+        cells = torch.cat(
+            [x.gt_bitmasks_full[:, start::stride, start::stride][:, :h, :w] for x in gt_instances]
+        ).flatten(1)
+        col = torch.round((positions[:, 0] - start) / stride).long()
+        row = torch.round((positions[:, 1] - start) / stride).long()
+        inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        index = row.clamp(0, h - 1) * w + col.clamp(0, w - 1)
+        on_own = cells[queries.gt_inds][:, index].bool() & inside[None, :]
+        return ~on_own
 
     def forward(
         self,
@@ -240,6 +273,11 @@ class InterSceneCriterion(nn.Module):
             self.sizes_of_interest, dtype=torch.float32, device=queries.locations.device
         )[queries.fpn_levels]
         params = queries.mask_head_params
+        pair_mask = None
+        if self.exclude_own_footprint:
+            pair_mask = self.off_own_footprint(
+                queries, gt_instances, negatives.positions, mask_feats.shape[-2:]
+            )
         if self.detach_output_bias:
             # The last number of a query's parameters is its output bias (biases come last).
             params = torch.cat([params[:, :-1], params[:, -1:].detach()], dim=1)
@@ -257,6 +295,7 @@ class InterSceneCriterion(nn.Module):
             gamma=self.gamma,
             normalization=self.normalization,
             impl=self.impl,
+            pair_mask=pair_mask,
         )
         self.bank.enqueue(current, iteration)
 
