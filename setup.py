@@ -44,7 +44,11 @@ setup(
     ],
     # Triton (a torch dependency on Linux) compiles the fused kernels at first use: nothing here
     # is compiled at install time.
-    extras_require={"test": ["pytest", "ruff"]},
+    extras_require={
+        # iuq_d2.export: ONNX export and its onnxruntime check; the tests run that check.
+        "export": ["onnx", "onnxruntime"],
+        "test": ["pytest", "ruff", "onnx", "onnxruntime"],
+    },
     entry_points={"console_scripts": ["iuq_d2-slurm = iuq_d2.engine.slurm.submit:main"]},
     zip_safe=False,
 )
