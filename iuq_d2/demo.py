@@ -5,17 +5,20 @@
     python -m iuq_d2.demo SOLVER.MAX_ITER 200   # config overrides for every run
 
 This is what ``make demo`` runs. Each run writes its checkpoints, metrics.json, the COCO
-evaluation and a folder ``vis/`` of predictions on validation images to its OUTPUT_DIR.
+evaluation, a folder ``vis/`` of validation images drawn as "ground truth | prediction" and
+``training_curves.png`` (losses and AP against iteration) to its OUTPUT_DIR. The demo ends with
+the box and mask AP of every run and where its pictures and curves are.
 """
 
 import argparse
-import json
+import math
 import os
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from detectron2.data import DatasetCatalog
 
+from .curves import last_evaluation, plot_training_curves, read_metrics
 from .engine.config_loader import load_config
 from .engine.entry import build_argument_parser
 from .engine.entry import main as train_main
@@ -26,9 +29,11 @@ CONFIGS = {
     "IUQ-CondInst": os.path.join(REPO, "configs", "Demo", "shapes_IUQ.yaml"),
     "CondInst": os.path.join(REPO, "configs", "Demo", "shapes_CondInst.yaml"),
 }
+AP_COLUMNS = [f"{task}/{ap}" for task in ("bbox", "segm") for ap in ("AP", "AP50", "AP75")]
 
 
-def run(name: str, opts: List[str], num_vis: int) -> Dict[str, float]:
+def run(name: str, opts: List[str], num_vis: int) -> Dict[str, Any]:
+    """Train ``name``'s config, draw its predictions and curves; its APs and where it wrote."""
     config = CONFIGS[name]
     if not os.path.exists(config):
         raise FileNotFoundError(
@@ -39,22 +44,53 @@ def run(name: str, opts: List[str], num_vis: int) -> Dict[str, float]:
     start = time.perf_counter()
     train_main(args)
     minutes = (time.perf_counter() - start) / 60
-    with open(os.path.join(cfg.OUTPUT_DIR, "metrics.json")) as f:
-        final = [json.loads(line) for line in f][-1]  # the end-of-training evaluation
-    predictor = build_predictor(config, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), 0.05, opts)
+    metrics = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+    final = last_evaluation(read_metrics(metrics))  # the end-of-training evaluation
+    predictor = build_predictor(config, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), opts)
     dataset = cfg.DATASETS.TEST[0]
-    files = [d["file_name"] for d in DatasetCatalog.get(dataset)[:num_vis]]
-    visualize(predictor, files, os.path.join(cfg.OUTPUT_DIR, "vis"), dataset)
+    vis = os.path.join(cfg.OUTPUT_DIR, "vis")
+    visualize(predictor, DatasetCatalog.get(dataset)[:num_vis], vis, dataset)
+    curves = plot_training_curves(
+        metrics, os.path.join(cfg.OUTPUT_DIR, "training_curves.png"), name
+    )
     return {
-        "segm AP": final.get("segm/AP", float("nan")),
-        "bbox AP": final.get("bbox/AP", float("nan")),
+        "ap": {key: final.get(key, math.nan) for key in AP_COLUMNS},
+        "dataset": dataset,
         "iterations": cfg.SOLVER.MAX_ITER,
         "minutes": minutes,
         "output": cfg.OUTPUT_DIR,
+        "pictures": vis,
+        "curves": curves,
     }
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
+def _row(first: str, bbox: str, segm: str, last: str) -> str:
+    """A table line: the model, its bbox and segm columns (20 wide each), the rest."""
+    return f"{first:<14} {bbox:>20} | {segm:>20}  {last}".rstrip()
+
+
+def summary(results: Dict[str, Dict[str, Any]]) -> str:
+    """The AP table of the runs, then where each one's pictures and curves are."""
+    datasets = ", ".join(sorted({r["dataset"] for r in results.values()}))
+    names = " ".join(f"{c.split('/')[1]:>6}" for c in AP_COLUMNS[:3])
+    lines = [
+        f"Demo results on {datasets} (COCO AP, %):",
+        _row("", f"{'bbox':^20}", f"{'segm':^20}", ""),
+        _row("model", names, names, f"{'iters':>6} {'min':>5}"),
+    ]
+    for name, r in results.items():
+        bbox, segm = (
+            " ".join(f"{r['ap'][c]:>6.1f}" for c in AP_COLUMNS[i : i + 3]) for i in (0, 3)
+        )
+        lines.append(_row(name, bbox, segm, f"{r['iterations']:>6} {r['minutes']:>5.1f}"))
+    for name, r in results.items():
+        lines.append(f"{name}")
+        lines.append(f"  pictures (ground truth | prediction): {r['pictures']}{os.sep}")
+        lines.append(f"  training curves: {r['curves']}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", action="store_true", help="also train plain CondInst")
     parser.add_argument("--num-vis", type=int, default=8, help="validation images to draw")
@@ -63,13 +99,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
 
     names = ["IUQ-CondInst"] + (["CondInst"] if args.baseline else [])
     results = {name: run(name, args.opts, args.num_vis) for name in names}
-    print("\nDemo results on shapes_val (COCO AP, %):")
-    print(f"{'model':<14} {'segm AP':>8} {'bbox AP':>8} {'iters':>6} {'minutes':>8}  output")
-    for name, r in results.items():
-        print(
-            f"{name:<14} {r['segm AP']:>8.1f} {r['bbox AP']:>8.1f} {r['iterations']:>6} "
-            f"{r['minutes']:>8.1f}  {r['output']}"
-        )
+    print("\n" + summary(results))
     return results
 
 

@@ -13,6 +13,7 @@ import torch
 from iuq_d2.data import ensure_shapes
 from iuq_d2.engine import Trainer
 from iuq_d2.engine.entry import build_argument_parser, main, run, setup
+from iuq_d2.visualize import HEADER_HEIGHT, upscale_factor
 from iuq_d2.visualize import main as visualize_main
 
 from .conftest import DEMO_CONFIG, REPO
@@ -102,9 +103,12 @@ def test_instant_training_loss_goes_down_and_eval_only_reproduces_it(tmp_path, s
             "0",
         ]
     )
-    drawn = cv2.imread(written[0])
+    drawn = cv2.imread(written[0])[HEADER_HEIGHT:]  # a plain image: the prediction alone
     source = cv2.imread(os.path.join(val_images, "000000.png"))
-    assert drawn.shape == source.shape and not np.array_equal(drawn, source)
+    scale = upscale_factor(*source.shape[:2])
+    size = (source.shape[1] * scale, source.shape[0] * scale)
+    upscaled = cv2.resize(source, size, interpolation=cv2.INTER_LINEAR)
+    assert drawn.shape == upscaled.shape and not np.array_equal(drawn, upscaled)
 
 
 def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path, small_shapes):
