@@ -1,15 +1,20 @@
 #!/usr/bin/env python
-"""Inter-scene focal loss implementations: forward+backward time and peak memory.
+"""Inter-scene focal loss / dense mask head implementations: fwd+bwd time and peak memory.
 
     python benchmarks/kernels.py                       # Q in {200, 500}, N in {1k..16k}
     python benchmarks/kernels.py --queries 200 --entries 1024 8192 --repeats 3
+    python benchmarks/kernels.py --op dense_mask_head  # Q in {100, 500}, F 100x136, 200x272
+    python benchmarks/kernels.py --op dense_mask_head --queries 500 --maps 100x136
 
 Each (impl, Q, N) runs in its own subprocess, with ``torch.set_num_threads(1)`` on CPU, so
 that timings do not depend on the machine's free cores and peaks do not leak between configs.
 Peak memory: on CPU the rise of the process's peak resident set size (``ru_maxrss``) over its
 value just before the first call (inputs already built), i.e. everything the call allocates,
 transient chunks included; on CUDA ``torch.cuda.max_memory_allocated`` over the same baseline.
-Writes a markdown table to stdout and JSON to benchmarks/results/kernels_<device>.json.
+Writes a markdown table to stdout and JSON to benchmarks/results/kernels_<device>.json
+(inter-scene) or benchmarks/results/dense_mask_head_<device>.json (dense mask head: Q queries
+over 2 images, mask features [2, 8, H, W] at stride 8, the logits back-propagated with a fixed
+random gradient; R-50 at 800 px gives a 100x136 map).
 """
 
 import argparse
@@ -51,6 +56,20 @@ def worker(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> dict
         loss.backward()
         params.grad = feats.grad = None
 
+    ms, peak = _measure(step, dev, repeats)
+    return {
+        "impl": impl,
+        "queries": num_q,
+        "entries": num_n,
+        "median_ms": ms,
+        "ns_per_pair": 1e6 * ms / (num_q * num_n),
+        "peak_mem_mb": peak / 2**20,
+    }
+
+
+def _measure(step, dev: torch.device, repeats: int):
+    """Median wall time (ms) of ``step`` and the peak memory rise of its first call (bytes)."""
+
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -75,17 +94,79 @@ def worker(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> dict
         sync()
         times.append(time.perf_counter() - start)
     ms = 1000 * statistics.median(times)
+    return ms, peak
+
+
+def dense_worker(impl: str, num_q: int, size: str, repeats: int, device: str) -> dict:
+    from iuq_d2.layers import dynamic_layer_shapes
+    from iuq_d2.layers.dense_mask_head import dense_mask_logits
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    height, width = (int(x) for x in size.split("x"))
+    num_images, stride = 2, 8
+    shapes = dynamic_layer_shapes(10, 8, 3)
+    params = torch.randn(num_q, sum(o * i + o for o, i in shapes), device=dev) * 0.3
+    params.requires_grad_(True)
+    feats = torch.randn(num_images, 8, height, width, device=dev, requires_grad=True)
+    cells = torch.randint(0, height * width, (num_q,), device=dev)
+    locations = torch.stack([cells % width, cells // width], 1).float() * stride + stride // 2
+    soi = torch.tensor([64.0, 128.0, 256.0, 512.0, 1024.0], device=dev)
+    args = (
+        torch.randint(0, num_images, (num_q,), device=dev),
+        locations,
+        soi[torch.randint(0, 5, (num_q,), device=dev)],
+        stride,
+        shapes,
+    )
+    grad_out = torch.randn(num_q, 1, height, width, device=dev)
+
+    def step() -> None:
+        dense_mask_logits(feats, params, *args, impl=impl).backward(grad_out)
+        params.grad = feats.grad = None
+
+    ms, peak = _measure(step, dev, repeats)
     return {
         "impl": impl,
         "queries": num_q,
-        "entries": num_n,
+        "height": height,
+        "width": width,
         "median_ms": ms,
-        "ns_per_pair": 1e6 * ms / (num_q * num_n),
+        "ns_per_query_pixel": 1e6 * ms / (num_q * height * width),
         "peak_mem_mb": peak / 2**20,
     }
 
 
-def run_config(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> dict:
+def dense_summarize(rows: list) -> dict:
+    """The target: peak memory at Q=500 on 100x136 at least 30% below the reference's."""
+    out = {}
+    for r in rows:
+        if r["impl"] == "reference":
+            continue
+        ref = next(
+            (
+                x
+                for x in rows
+                if x["impl"] == "reference"
+                and (x["queries"], x["height"], x["width"])
+                == (r["queries"], r["height"], r["width"])
+            ),
+            None,
+        )
+        if ref:
+            key = f"{r['impl']}_q{r['queries']}_{r['height']}x{r['width']}"
+            out[f"memory_saving_{key}"] = 1 - r["peak_mem_mb"] / max(ref["peak_mem_mb"], 1e-3)
+            out[f"speedup_{key}"] = ref["median_ms"] / r["median_ms"]
+    saving = out.get("memory_saving_tiled_q500_100x136")
+    if saving is not None:
+        out["target_memory_saving_q500_100x136_met"] = saving >= 0.3
+    return out
+
+
+def run_config(
+    impl: str, num_q: int, num_n, repeats: int, device: str, op: str = "inter_scene"
+) -> dict:
+    """One worker subprocess; ``num_n`` is the entry count, or "HxW" for the dense head."""
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -97,6 +178,8 @@ def run_config(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> 
         str(repeats),
         "--device",
         device,
+        "--op",
+        op,
     ]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
@@ -127,47 +210,66 @@ def summarize(rows: list) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--op", choices=("inter_scene", "dense_mask_head"), default="inter_scene")
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "Q", "N"))
-    parser.add_argument("--queries", type=int, nargs="+", default=[200, 500])
+    parser.add_argument("--queries", type=int, nargs="+", default=None)
     parser.add_argument("--entries", type=int, nargs="+", default=[1024, 4096, 8192, 16384])
+    parser.add_argument("--maps", nargs="+", default=["100x136", "200x272"], help="dense: HxW")
     parser.add_argument("--impls", nargs="+", default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
+    dense = args.op == "dense_mask_head"
     if args.device == "cpu":
         torch.set_num_threads(1)
     if args.worker:
         impl, q, n = args.worker
-        print(json.dumps(worker(impl, int(q), int(n), args.repeats, args.device)))
+        if dense:
+            print(json.dumps(dense_worker(impl, int(q), n, args.repeats, args.device)))
+        else:
+            print(json.dumps(worker(impl, int(q), int(n), args.repeats, args.device)))
         return
 
+    queries = args.queries or ([100, 500] if dense else [200, 500])
     impls = args.impls or (["reference", "tiled"] + (["triton"] if args.device == "cuda" else []))
+    sizes = args.maps if dense else args.entries
     rows = [
-        run_config(impl, q, n, args.repeats, args.device)
-        for q in args.queries
-        for n in args.entries
+        run_config(impl, q, n, args.repeats, args.device, args.op)
+        for q in queries
+        for n in sizes
         for impl in impls
     ]
     if args.device == "cuda":
         name = torch.cuda.get_device_name()
     else:
         name = f"{platform.processor() or platform.machine()} (1 thread)"
-    print(f"inter_scene_focal_loss forward+backward on {name}, torch {torch.__version__}\n")
-    print("| impl | Q | N | ms | ns/pair | peak MB |\n|---|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['impl']} | {r['queries']} | {r['entries']} | {r['median_ms']:.1f} | "
-            f"{r['ns_per_pair']:.1f} | {r['peak_mem_mb']:.1f} |"
-        )
-    summary = summarize(rows)
+    if dense:
+        print(f"dense_mask_logits forward+backward on {name}, torch {torch.__version__}\n")
+        print("| impl | Q | H x W | ms | ns/(query*px) | peak MB |\n|---|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(
+                f"| {r['impl']} | {r['queries']} | {r['height']}x{r['width']} | "
+                f"{r['median_ms']:.1f} | {r['ns_per_query_pixel']:.1f} | {r['peak_mem_mb']:.1f} |"
+            )
+        summary = dense_summarize(rows)
+    else:
+        print(f"inter_scene_focal_loss forward+backward on {name}, torch {torch.__version__}\n")
+        print("| impl | Q | N | ms | ns/pair | peak MB |\n|---|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(
+                f"| {r['impl']} | {r['queries']} | {r['entries']} | {r['median_ms']:.1f} | "
+                f"{r['ns_per_pair']:.1f} | {r['peak_mem_mb']:.1f} |"
+            )
+        summary = summarize(rows)
     print(
         "\n"
         + "\n".join(
             f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()
         )
     )
-    out = args.out or os.path.join(REPO, "benchmarks", "results", f"kernels_{args.device}.json")
+    stem = "dense_mask_head" if dense else "kernels"
+    out = args.out or os.path.join(REPO, "benchmarks", "results", f"{stem}_{args.device}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(
