@@ -92,6 +92,10 @@ def add_condinst_config(cfg: CN) -> None:
     _C.MODEL.CONDINST.MASK_HEAD.NUM_LAYERS = 3
     # Drop the relative coordinates from the mask head input (ablation).
     _C.MODEL.CONDINST.MASK_HEAD.DISABLE_REL_COORDS = False
+    # Implementation of the head on whole feature maps (iuq_d2.layers.dense_mask_head): "auto"
+    # (the Triton kernels on CUDA, the tiled path elsewhere), "triton", "tiled" or "reference"
+    # (AdelaiDet's math: a copy of the features per query and all activations kept).
+    _C.MODEL.CONDINST.MASK_HEAD.IMPL = "auto"
 
     _C.MODEL.CONDINST.MASK_BRANCH = CN()
     # Channels of the mask feature F that the dynamic mask head reads.
@@ -125,6 +129,10 @@ def add_iuq_config(cfg: CN) -> None:
     an IUQCondInst in eval mode is CondInst."""
     _C = cfg
     _C.MODEL.IUQ = CN()
+    # Every this many iterations, log the norm of the gradient that the mask loss and each IUQ
+    # loss send into the controller output and into the mask features (iuq/grad_ctrl/*,
+    # iuq/grad_feat/*); 0 turns it off. Costs a partial backward per loss on those iterations.
+    _C.MODEL.IUQ.GRADIENT_LOG_PERIOD = 20
 
     # Inter-scene (dataset-level) uniqueness: each query must stay silent on instance pixels of
     # other images, drawn from a bank filled over past iterations on all GPUs.

@@ -419,3 +419,16 @@ def test_footprint_exclusion_needs_overlay_pairs():
                 }
             )
         )
+
+
+def test_gradient_balance_is_logged_without_touching_parameter_grads():
+    torch.manual_seed(0)
+    model = build_model(
+        iuq_config(**{"MODEL.IUQ.GRADIENT_LOG_PERIOD": 1, "MODEL.IUQ.INTER.BATCH_ENTRY_GRAD": True})
+    )
+    with EventStorage() as storage:
+        model(_two_image_batch())
+        latest = storage.latest()
+    assert all(p.grad is None for p in model.parameters())
+    assert latest["iuq/grad_ctrl/loss_mask"][0] > 0 and latest["iuq/grad_ctrl/loss_inter"][0] > 0
+    assert latest["iuq/grad_feat/loss_mask"][0] > 0 and latest["iuq/grad_feat/loss_inter"][0] > 0

@@ -12,11 +12,13 @@ At inference the model is CondInst, with the same weights layout plus the bank's
 ``iuq_d2.strip_checkpoint`` removes.
 """
 
-from typing import List, Optional
+from typing import Dict, List, Optional
 
+import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
+from torch import Tensor
 
 from ..condinst import CondInst
 from .equivariance import EquivarianceCriterion, view_inputs
@@ -36,11 +38,13 @@ class IUQCondInst(CondInst):
         *,
         inter_scene: Optional[InterSceneCriterion],
         equivariance: Optional[EquivarianceCriterion],
+        gradient_log_period: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.inter_scene = inter_scene
         self.equivariance = equivariance
+        self.gradient_log_period = gradient_log_period
         self._register_load_state_dict_pre_hook(_map_old_bank_keys)
 
     @classmethod
@@ -61,6 +65,7 @@ class IUQCondInst(CondInst):
         ret["equivariance"] = (
             EquivarianceCriterion(cfg, feat_stride=branch.out_stride) if iuq.EQUI.ENABLED else None
         )
+        ret["gradient_log_period"] = iuq.GRADIENT_LOG_PERIOD
         return ret
 
     def forward(self, batched_inputs: List[dict]):
@@ -87,7 +92,30 @@ class IUQCondInst(CondInst):
                     get_event_storage().iter,
                 )
             )
+        iteration = get_event_storage().iter
+        if self.gradient_log_period > 0 and iteration % self.gradient_log_period == 0:
+            log_gradient_balance(losses, outputs.queries.mask_head_params, outputs.mask_feats)
         return losses
+
+
+# Losses whose gradient balance is logged: the mask loss and what IUQ adds to it.
+_BALANCED_LOSSES = ("loss_mask", "loss_inter", "loss_equi_query", "loss_equi_feat")
+
+
+def log_gradient_balance(losses: Dict[str, Tensor], queries: Tensor, feats: Tensor) -> None:
+    """Log the norm of the gradient each loss sends into the controller's output at the
+    sampled positives (``iuq/grad_ctrl/<loss>``) and into the mask features F
+    (``iuq/grad_feat/<loss>``): whether IUQ's terms drown the mask loss, or never reach F.
+    Gradients of intermediate tensors only: nothing accumulates into the parameters."""
+    storage = get_event_storage()
+    for name in _BALANCED_LOSSES:
+        loss = losses.get(name)
+        if loss is None or not loss.requires_grad:
+            continue
+        grads = torch.autograd.grad(loss, [queries, feats], retain_graph=True, allow_unused=True)
+        for kind, grad in zip(("ctrl", "feat"), grads):
+            norm = 0.0 if grad is None else grad.float().norm().item()
+            storage.put_scalar(f"iuq/grad_{kind}/{name}", norm)
 
 
 def _map_old_bank_keys(state_dict, prefix, *args) -> None:
