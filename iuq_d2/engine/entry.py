@@ -9,11 +9,13 @@ import multiprocessing
 import os
 import signal
 import sys
-from typing import Sequence
+from datetime import timedelta
+from typing import Optional, Sequence
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.evaluation import verify_results
 
 from .checkpoint import AtomicCheckpointer
@@ -24,11 +26,38 @@ from .trainer import Trainer
 logger = logging.getLogger(__name__)
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds, or argparse's error."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return seconds
+
+
 def build_argument_parser() -> argparse.ArgumentParser:
-    return default_argument_parser(
+    parser = default_argument_parser(
         epilog="Example: python train_net.py --config-file configs/Demo/shapes_CondInst.yaml "
         "SOLVER.MAX_ITER 100"
     )
+    parser.add_argument(
+        "--dist-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="timeout of the process group's collectives (gloo, NCCL) when there are several "
+        f"processes: a rank that waits longer for another one fails instead of hanging "
+        f"(default {DEFAULT_TIMEOUT.total_seconds():.0f}, detectron2's). It must exceed the "
+        "longest time a rank can spend alone: evaluation, a checkpoint, the first data loading",
+    )
+    return parser
+
+
+def dist_timeout(args: argparse.Namespace) -> timedelta:
+    """The process-group timeout of ``args`` (``--dist-timeout``), detectron2's by default."""
+    seconds: Optional[float] = getattr(args, "dist_timeout", None)
+    return DEFAULT_TIMEOUT if seconds is None else timedelta(seconds=seconds)
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -81,7 +110,7 @@ def _main_in_worker(args: argparse.Namespace, ignored_signals: Sequence[signal.S
 def run(args: argparse.Namespace, ignored_signals: Sequence[signal.Signals] = ()):
     """Start ``args.num_gpus`` processes on this machine (gloo on CPU) and run :func:`main` in
     each; ``launch()`` runs a world of one in this process instead. Spawned processes ignore
-    ``ignored_signals``."""
+    ``ignored_signals``; their collectives time out after :func:`dist_timeout`."""
     return launch(
         _main_in_worker,
         args.num_gpus,
@@ -89,4 +118,5 @@ def run(args: argparse.Namespace, ignored_signals: Sequence[signal.Signals] = ()
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args, tuple(ignored_signals)),
+        timeout=dist_timeout(args),
     )

@@ -128,6 +128,10 @@ def executor_parameters(opts: argparse.Namespace, num_processes: int) -> Dict[st
     import this package wherever they start, and OMP_NUM_THREADS (unless the submitting shell set
     it) to :func:`~iuq_d2.engine.cpu_threads.threads_per_process` of ``--cpus-per-task``, because
     only a value set before Python starts reaches torch in a process that imported it already.
+
+    ``srun --kill-on-bad-exit=1``: a node whose task fails (its training raised, or a process was
+    killed) ends the other nodes' tasks at once. Left alone, they would wait in a collective for
+    the dead rank until ``--dist-timeout`` or, for a rank that died between collectives, longer.
     """
     package_root = str(Path(__file__).resolve().parents[3])
     setup = [f"export PYTHONPATH={shlex.quote(package_root)}${{PYTHONPATH:+:$PYTHONPATH}}"]
@@ -140,6 +144,7 @@ def executor_parameters(opts: argparse.Namespace, num_processes: int) -> Dict[st
         "tasks_per_node": 1,
         "timeout_min": opts.timeout,
         "slurm_setup": setup,
+        "slurm_srun_args": ["--kill-on-bad-exit=1"],
     }
     if opts.gpus_per_node > 0:
         params["gpus_per_node"] = opts.gpus_per_node
