@@ -14,8 +14,9 @@
 # The namespaces have no default route and forwarding stays off, so their traffic cannot leave
 # 10.77.0.0/24. They share the file system, hence munged's socket and the test folders; each
 # slurmd has its own mount namespace where /etc/netns/<ns>/hosts is bind-mounted over /etc/hosts
-# (as `ip netns exec` does), so iuqn1, iuqn2 and vm resolve on both. Two-node mode is a superset of one-node mode: asked for one node while two run, this
-# leaves them running. Switching from one to two restarts slurmctld (its address changes).
+# (as `ip netns exec` does), so iuqn1, iuqn2 and vm resolve on both. Two-node mode is a superset
+# of one-node mode: asked for one node while two run, this leaves them running. Switching from one
+# to two restarts slurmctld (its address changes).
 # .ci/slurm-down.sh stops everything by PID and removes the namespaces, links and files.
 #
 # Exit status 2: the packages could not be installed; 3: this machine already has a slurm.conf
