@@ -181,9 +181,15 @@ def test_tiled_saves_no_per_query_map():
 
 
 @pytest.mark.parametrize("use_rel_coords", [True, False])
-def test_reference_is_todays_head(use_rel_coords):
-    """Bit-for-bit the logits of ``DynamicMaskHead.forward`` (before and after upsampling)."""
-    cfg = tiny_config(**{"MODEL.CONDINST.MASK_HEAD.DISABLE_REL_COORDS": not use_rel_coords})
+def test_mask_head_runs_the_chosen_impl(use_rel_coords):
+    """``DynamicMaskHead`` with IMPL reference gives the reference bit for bit (before and after
+    upsampling); its default (tiled on CPU) gives it to fp32 rounding."""
+    cfg = tiny_config(
+        **{
+            "MODEL.CONDINST.MASK_HEAD.DISABLE_REL_COORDS": not use_rel_coords,
+            "MODEL.CONDINST.MASK_HEAD.IMPL": "reference",
+        }
+    )
     head = build_model(cfg).mask_head
     stride = 8
     case, kw = make_case(
@@ -204,8 +210,8 @@ def test_reference_is_todays_head(use_rel_coords):
     assert torch.equal(aligned_bilinear(ref, factor), head(case["mask_feats"], stride, queries))
     head.mask_out_stride = stride  # factor 1: the pre-upsampling logits themselves
     assert torch.equal(ref, head(case["mask_feats"], stride, queries))
-    tiled = dense_mask_logits(*args, head.layer_shapes, use_rel_coords, impl="tiled")
-    torch.testing.assert_close(tiled, ref, atol=1e-5, rtol=1e-5)
+    head.impl = "auto"
+    torch.testing.assert_close(head(case["mask_feats"], stride, queries), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_dispatch():

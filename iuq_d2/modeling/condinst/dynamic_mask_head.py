@@ -7,14 +7,12 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 from torch import Tensor, nn
 
+from ...layers.dense_mask_head import dense_mask_logits
 from ...layers.dynamic_mlp import (
     dynamic_layer_shapes,
-    dynamic_mlp,
     num_dynamic_params,
-    parse_dynamic_params,
 )
 from ...layers.upsample import aligned_bilinear
-from ..fcos.targets import compute_locations
 
 
 class DynamicMaskHead(nn.Module):
@@ -35,11 +33,13 @@ class DynamicMaskHead(nn.Module):
         disable_rel_coords: bool,
         sizes_of_interest: List[int],
         mask_out_stride: int,
+        impl: str = "auto",
     ):
         super().__init__()
         self.in_channels = in_channels
         self.disable_rel_coords = disable_rel_coords
         self.mask_out_stride = mask_out_stride
+        self.impl = impl
         fan_in = in_channels + (0 if disable_rel_coords else 2)
         self.layer_shapes = dynamic_layer_shapes(fan_in, channels, num_layers)
         self.num_params = num_dynamic_params(fan_in, channels, num_layers)
@@ -61,20 +61,22 @@ class DynamicMaskHead(nn.Module):
             # The last level has no upper bound; twice the last bound normalises its queries.
             "sizes_of_interest": soi + [soi[-1] * 2],
             "mask_out_stride": cfg.MODEL.CONDINST.MASK_OUT_STRIDE,
+            "impl": head.IMPL,
         }
 
     def forward(self, mask_feats: Tensor, mask_feat_stride: int, queries: Instances) -> Tensor:
         """Mask logits [Q, 1, H', W'] at ``mask_out_stride`` for the queries (fields
         ``mask_head_params``, ``locations``, ``fpn_levels``, ``im_inds``) on mask_feats
         [N, C, H, W] of stride ``mask_feat_stride``."""
-        num_queries = len(queries)
-        h, w = mask_feats.shape[-2:]
-        inputs = mask_feats[queries.im_inds].reshape(num_queries, self.in_channels, h * w)
-        if not self.disable_rel_coords:
-            pixels = compute_locations(h, w, mask_feat_stride, mask_feats.device)
-            soi = self.sizes_of_interest.float()[queries.fpn_levels]
-            rel = (queries.locations[:, :, None] - pixels.t()[None]) / soi[:, None, None]
-            inputs = torch.cat([rel.to(inputs.dtype), inputs], dim=1)
-        weights, biases = parse_dynamic_params(queries.mask_head_params, self.layer_shapes)
-        logits = dynamic_mlp(inputs, weights, biases).reshape(num_queries, 1, h, w)
+        logits = dense_mask_logits(
+            mask_feats,
+            queries.mask_head_params,
+            queries.im_inds,
+            queries.locations,
+            self.sizes_of_interest.float()[queries.fpn_levels],
+            mask_feat_stride,
+            self.layer_shapes,
+            use_rel_coords=not self.disable_rel_coords,
+            impl=self.impl,
+        )
         return aligned_bilinear(logits, mask_feat_stride // self.mask_out_stride)
