@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The GPU evidence of the IUQ issues in one run of a few minutes: step time and peak memory of
-# the IUQ variants against CondInst at equal IMS_PER_BATCH (R50-FPN from scratch, COCO-like
-# 800-pixel images of the embedded synthetic dataset, AMP), and the inter-scene loss's own cost
-# against queries x bank entries. JSON files named after the card go to OUT_DIR.
+# The GPU evidence of the IUQ and kernels issues in one run of a few minutes: the GPU tests of
+# the fused kernels (real CUDA against the references, fp32 and bf16), step time and peak memory
+# of the IUQ variants against CondInst at equal IMS_PER_BATCH (R50-FPN from scratch, COCO-like
+# 800-pixel images of the embedded synthetic dataset, AMP), each kernel against its reference
+# over a grid of sizes, and the mask head's memory in a CondInst R-50 step. JSON files named
+# after the card go to OUT_DIR.
 #
 #     bash benchmarks/gpu.sh [OUT_DIR]        # default benchmarks/results
 #
@@ -32,5 +34,13 @@ $PY benchmarks/train_speed.py --config-file configs/IUQ-CondInst/MS_R_50_1x.yaml
     MODEL.WEIGHTS "" MODEL.FCOS.NUM_CLASSES 4 DATASETS.TRAIN "('shapes_train',)" \
     SOLVER.IMS_PER_BATCH 8 INPUT.MIN_SIZE_TRAIN "($MIN_SIZE,)" INPUT.MAX_SIZE_TRAIN 1333
 
-$PY benchmarks/inter_scene_loss.py --device "$DEVICE" --queries 100 500 1000 \
-    --entries 4096 8192 16384 --out "$OUT/inter_scene_loss_${CARD}.json"
+if [ "$DEVICE" = cuda ]; then
+    $PY -m pytest -q -ra tests/test_inter_scene_ops.py tests/test_dense_mask_head.py -k "gpu or cuda"
+fi
+
+$PY benchmarks/kernels.py --device "$DEVICE" --queries 200 500 --entries 4096 16384 \
+    --repeats "$REPEATS" --out "$OUT/kernels_${CARD}.json"
+$PY benchmarks/kernels.py --op dense_mask_head --device "$DEVICE" --queries 100 500 \
+    --repeats "$REPEATS" --out "$OUT/dense_mask_head_${CARD}.json"
+$PY benchmarks/mask_head_memory.py --device "$DEVICE" --impls reference tiled \
+    $([ "$DEVICE" = cuda ] && echo triton) --out "$OUT/mask_head_memory_${CARD}.json"
