@@ -38,6 +38,7 @@ ENTRY_GRAD = [
     "2048",
 ]
 PER_IMAGE = ["MODEL.IUQ.INTER.NORMALIZATION", "query_image"]
+OFF_FOOTPRINT = ["MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT", "True"]
 # Embedded datasets: (train, val, number of classes).
 DATASETS = {"shapes": ("shapes_train", "shapes_val", 4), "cells": ("cells_train", "cells_val", 2)}
 
@@ -97,6 +98,13 @@ VARIANTS = {
     "+bank (no output-bias gradient)": IUQ
     + NO_EQUI
     + ["MODEL.IUQ.INTER.DETACH_OUTPUT_BIAS", "True"],
+    "+bank (entry grad, weight 0.25)": IUQ
+    + NO_EQUI
+    + ENTRY_GRAD
+    + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
+    # Pairs that land on the query's own instance (overlay) contradict the mask loss: left out.
+    "+bank (off own footprint)": IUQ + NO_EQUI + OFF_FOOTPRINT,
+    "+bank (off own footprint, age <= 20)": IUQ + NO_EQUI + OFF_FOOTPRINT + FRESH,
 }
 CORE = ["CondInst", "+bank", "+equivariance", "+bank +equivariance"]
 
