@@ -1,18 +1,15 @@
-"""Datasets and data mapping of iuq_d2. Importing this module registers ``shapes_train`` and
-``shapes_val`` (generated lazily, on their first load)."""
+"""Datasets and data mapping of iuq_d2. Importing this module registers the embedded synthetic
+splits (``shapes_train``/``_val``, ``cells_train``/``_val``; generated lazily, on first load)."""
 
 from .build import DATASET_MAPPERS, check_mapper_views, train_mapper_class
+from .builtin import SHAPES_DATASETS, default_cache_root, ensure_shapes, register_builtin_datasets
 from .coco_loader import coco_dataset_dicts, load_coco_json_checked
 from .coco_validation import check_coco, coco_thing_classes, read_json
 from .datasets import (
-    SHAPES_DATASETS,
     CustomCocoLoader,
     check_num_classes,
     choose_mask_format,
     coco_mask_encodings,
-    default_cache_root,
-    ensure_shapes,
-    register_builtin_datasets,
     register_custom_coco,
 )
 from .iuq_mapper import IUQDatasetMapper
