@@ -21,7 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "Demo", "shapes_CondInst.yaml")
-IUQ = ["MODEL.META_ARCHITECTURE", "IUQCondInst"]
+# The bank's weight pinned to what the recorded runs used (1; the default is now 0.25), so that a
+# variant keeps meaning what it was run with.
+IUQ = ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"]
 # Equivariance needs the mapper that makes the views.
 IUQ_VIEWS = IUQ + ["INPUT.DATASET_MAPPER_NAME", "iuq"]
 NO_BANK = ["MODEL.IUQ.INTER.ENABLED", "False"]

@@ -24,6 +24,7 @@ def iuq_config(**overrides):
             "MODEL.META_ARCHITECTURE": "IUQCondInst",
             "MODEL.IUQ.EQUI.ENABLED": False,
             "MODEL.IUQ.INTER.BANK_SIZE": 500,
+            "MODEL.IUQ.INTER.LOSS_WEIGHT": 1.0,  # the hand computations are unweighted
             "MODEL.IUQ.INTER.PIXELS_PER_INSTANCE": 6,
             **overrides,
         }
