@@ -265,7 +265,7 @@ def test_package_works_without_triton():
         "import sys; sys.modules['triton'] = None\n"
         "import torch\n"
         "from iuq_d2.layers.dense_mask_head import dense_mask_logits\n"
-        "from iuq_d2.layers import dense_mask_head_triton as t\n"
+        "from iuq_d2.layers import triton_support as t\n"
         "assert not t.triton_available()\n"
         "p = torch.randn(2, 169, requires_grad=True)\n"
         "args = (torch.randn(2, 8, 3, 4), p, torch.tensor([0, 1]), torch.zeros(2, 2),\n"

@@ -257,7 +257,7 @@ def test_package_works_without_triton():
         "import sys; sys.modules['triton'] = None\n"
         "import torch\n"
         "from iuq_d2.layers.inter_scene import inter_scene_focal_loss\n"
-        "from iuq_d2.layers import inter_scene_triton as t\n"
+        "from iuq_d2.layers import triton_support as t\n"
         "assert not t.triton_available()\n"
         "p = torch.randn(2, 169, requires_grad=True)\n"
         "args = (torch.zeros(2, 2), torch.ones(2), torch.tensor([0, 1]), torch.randn(4, 8),\n"

@@ -264,7 +264,7 @@ def _resolve_impl(impl: str, mask_feats: Tensor) -> str:
     if impl != "auto":
         return impl
     if mask_feats.is_cuda:
-        from .dense_mask_head_triton import triton_available
+        from .triton_support import triton_available
 
         if triton_available():
             return "triton"

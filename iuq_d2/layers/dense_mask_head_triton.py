@@ -20,7 +20,6 @@ features may be fp32/fp16/bf16 and are cast to fp32 on load. Set ``TRITON_INTERP
 importing this module to run the kernels on CPU tensors (tests).
 """
 
-import os
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -28,24 +27,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .dense_mask_head import image_segments
+from .triton_support import INTERPRET, TRITON_IMPORT_ERROR, tl, triton
 
-try:
-    import triton
-    import triton.language as tl
-except Exception as e:  # ImportError, or a broken install (e.g. no compatible backend)
-    triton, tl = None, None
-    _TRITON_IMPORT_ERROR: Optional[BaseException] = e
-else:
-    _TRITON_IMPORT_ERROR = None
-
-# Read when the kernels are decorated: interpreted kernels accept CPU tensors.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BLOCK_N = 32
 NUM_WARPS = 4
-
-
-def triton_available() -> bool:
-    return triton is not None
 
 
 if triton is not None:
@@ -442,7 +427,7 @@ def triton_dense_mask_logits(
     if triton is None:
         raise RuntimeError(
             f"impl='triton' needs triton, which failed to import: "
-            f"{_TRITON_IMPORT_ERROR!r}; use impl='tiled'"
+            f"{TRITON_IMPORT_ERROR!r}; use impl='tiled'"
         )
     if not INTERPRET and not (params.is_cuda and mask_feats.is_cuda):
         raise ValueError(

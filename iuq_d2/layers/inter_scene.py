@@ -172,7 +172,7 @@ def _resolve_impl(impl: str, params: Tensor, masked: bool = False) -> str:
     if impl != "auto":
         return impl
     if params.is_cuda and not masked:
-        from .inter_scene_triton import triton_available
+        from .triton_support import triton_available
 
         if triton_available():
             return "triton"

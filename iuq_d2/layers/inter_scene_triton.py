@@ -21,7 +21,6 @@ fp32/fp16/bf16 and are cast to fp32 on load. Set ``TRITON_INTERPRET=1`` before i
 module to run the kernels on CPU tensors (tests).
 """
 
-import os
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -33,24 +32,10 @@ from .inter_scene import (
     fold_dynamic_params,
     inter_scene_weights,
 )
+from .triton_support import INTERPRET, TRITON_IMPORT_ERROR, tl, triton
 
-try:
-    import triton
-    import triton.language as tl
-except Exception as e:  # ImportError, or a broken install (e.g. no compatible backend)
-    triton, tl = None, None
-    _TRITON_IMPORT_ERROR: Optional[BaseException] = e
-else:
-    _TRITON_IMPORT_ERROR = None
-
-# Read when the kernels are decorated: interpreted kernels accept CPU tensors.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BLOCK_N = 32
 NUM_WARPS = 4
-
-
-def triton_available() -> bool:
-    return triton is not None
 
 
 if triton is not None:
@@ -327,7 +312,7 @@ def launch_inter_scene_kernels(
     Private entry point of the interpreter tests (CPU tensors); no checks beyond shapes.
     """
     if triton is None:
-        raise RuntimeError(f"impl='triton' needs triton: {_TRITON_IMPORT_ERROR}")
+        raise RuntimeError(f"impl='triton' needs triton: {TRITON_IMPORT_ERROR}")
     num_q, pk = pack.shape
     num_n, c = feats.shape
     device = pack.device
@@ -464,7 +449,7 @@ def triton_inter_scene_focal_loss(
     if triton is None:
         raise RuntimeError(
             f"impl='triton' needs triton, which failed to import: "
-            f"{_TRITON_IMPORT_ERROR!r}; use impl='tiled'"
+            f"{TRITON_IMPORT_ERROR!r}; use impl='tiled'"
         )
     if not INTERPRET and not (params.is_cuda and pixel_feats.is_cuda):
         raise ValueError(
