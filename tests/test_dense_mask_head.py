@@ -6,10 +6,8 @@ the triton AOT compile; the interpreted triton kernels run in their own process
 """
 
 import os
-import re
 import subprocess
 import sys
-import tempfile
 
 import pytest
 import torch
@@ -20,6 +18,7 @@ from iuq_d2.layers import aligned_bilinear, dynamic_layer_shapes
 from iuq_d2.layers.dense_mask_head import _resolve_impl, dense_mask_logits
 
 from .conftest import tiny_config
+from .kernel_compile import compile_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOI = torch.tensor([64.0, 128.0, 256.0, 512.0, 1024.0])
@@ -335,9 +334,7 @@ def test_triton_kernels_compile_without_spills(capability, kernel, use_rel_coord
     Triton only fills ``CompiledKernel.n_spills`` when it loads the cubin on a device, so the
     spill count is read from ``ptxas -v`` on the generated PTX, with Triton's own ptxas.
     """
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
+    pytest.importorskip("triton")
 
     from iuq_d2.layers import dense_mask_head_triton as T
 
@@ -345,32 +342,8 @@ def test_triton_kernels_compile_without_spills(capability, kernel, use_rel_coord
         pytest.skip("interpreted kernels do not compile")
     fn, signature = _kernel_signatures()[kernel]
     consts = T._consts(hidden=8, channels=8, num_coords=2 if use_rel_coords else 0, stride=8)
-    signature = {**signature, **{k: "constexpr" for k in consts}}
-    compiled = triton.compile(
-        triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=consts),
-        target=GPUTarget("cuda", capability, 32),
-        options={"num_warps": T.NUM_WARPS},
-    )
+    compiled, spills, log = compile_for(fn, signature, consts, capability, T.NUM_WARPS)
     assert compiled.asm["cubin"] and compiled.metadata.num_warps == T.NUM_WARPS
-    arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = os.path.join(tmp, "kernel.ptx")
-        with open(ptx, "w") as f:
-            f.write(compiled.asm["ptx"])
-        log = subprocess.run(
-            [
-                get_ptxas(capability).path,
-                "-v",
-                f"--gpu-name={arch}",
-                ptx,
-                "-o",
-                os.path.join(tmp, "kernel.cubin"),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stderr
-    spills = [int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
     assert spills and all(s == 0 for s in spills), log
 
 

@@ -6,10 +6,8 @@ skip without a GPU.
 """
 
 import os
-import re
 import subprocess
 import sys
-import tempfile
 
 import pytest
 import torch
@@ -21,8 +19,11 @@ from iuq_d2.layers.inter_scene import (
     reference_inter_scene_focal_loss,
 )
 
+from .kernel_compile import compile_for
+
 SHAPES = [(8, 10), (8, 8), (1, 8)]
 SHAPES_NO_COORDS = [(8, 8), (8, 8), (1, 8)]
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -314,9 +315,7 @@ def test_triton_kernels_compile_without_spills(capability, kernel):
     Triton only fills ``CompiledKernel.n_spills`` when it loads the cubin on a device, so the
     spill count is read from ``ptxas -v`` on the generated PTX, with Triton's own ptxas.
     """
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
+    pytest.importorskip("triton")
 
     from iuq_d2.layers import inter_scene_triton as T
 
@@ -324,32 +323,8 @@ def test_triton_kernels_compile_without_spills(capability, kernel):
         pytest.skip("interpreted kernels do not compile")
     fn, signature = _kernel_signatures()[kernel]
     consts = dict(H=8, CIN=10, C=8, NC=2, HP=8, CINP=16, GAMMA=2.0, BLOCK_N=T.BLOCK_N)
-    signature = {**signature, **{k: "constexpr" for k in consts}}
-    compiled = triton.compile(
-        triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=consts),
-        target=GPUTarget("cuda", capability, 32),
-        options={"num_warps": T.NUM_WARPS},
-    )
+    compiled, spills, log = compile_for(fn, signature, consts, capability, T.NUM_WARPS)
     assert compiled.asm["cubin"] and compiled.metadata.num_warps == T.NUM_WARPS
-    arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx = os.path.join(tmp, "kernel.ptx")
-        with open(ptx, "w") as f:
-            f.write(compiled.asm["ptx"])
-        log = subprocess.run(
-            [
-                get_ptxas(capability).path,
-                "-v",
-                f"--gpu-name={arch}",
-                ptx,
-                "-o",
-                os.path.join(tmp, "kernel.cubin"),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stderr
-    spills = [int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
     assert spills and all(s == 0 for s in spills), log
 
 
