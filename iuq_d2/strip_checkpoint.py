@@ -13,10 +13,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .engine.checkpoint import atomic_write
-from .modeling.iuq import TRAINING_ONLY_PREFIXES as IUQ_TRAINING_ONLY_PREFIXES
-
-# The criteria's state, and the bank's keys in checkpoints written before the criteria existed.
-TRAINING_ONLY_PREFIXES = (*IUQ_TRAINING_ONLY_PREFIXES, "query_bank.")
+from .modeling.iuq import TRAINING_ONLY_PREFIXES
 
 
 def strip_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, Any]:

@@ -5,7 +5,7 @@ import os
 import re
 import subprocess
 import tempfile
-from typing import List, Tuple
+from typing import List
 
 
 def compile_for(fn, signature: dict, consts: dict, capability: int, num_warps: int):
@@ -30,6 +30,3 @@ def compile_for(fn, signature: dict, consts: dict, capability: int, num_warps: i
         log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
     spills: List[int] = [int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
     return compiled, spills, log
-
-
-__all__: Tuple[str, ...] = ("compile_for",)

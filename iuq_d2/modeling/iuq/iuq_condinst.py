@@ -24,10 +24,11 @@ from ..condinst import CondInst
 from .equivariance import EquivarianceCriterion, view_inputs
 from .inter_scene import InterSceneCriterion, image_ids_of
 
-# State dict prefixes of the training-only modules (dropped by strip_checkpoint).
-TRAINING_ONLY_PREFIXES = ("inter_scene.", "equivariance.")
 # Where the bank's buffers were before the criteria existed.
 _OLD_BANK_PREFIX = "query_bank."
+# State dict prefixes of the training-only state (dropped by strip_checkpoint): the criteria's,
+# and the bank's in checkpoints written before them.
+TRAINING_ONLY_PREFIXES = ("inter_scene.", "equivariance.", _OLD_BANK_PREFIX)
 
 
 @META_ARCH_REGISTRY.register()
@@ -78,6 +79,7 @@ class IUQCondInst(CondInst):
         gt_instances = self.prepare_targets(inputs, images)
         outputs = self.forward_train(images, gt_instances)
         losses = outputs.losses
+        iteration = get_event_storage().iter
         if self.equivariance is not None:
             losses.update(
                 self.equivariance(outputs, images, gt_instances, batched_inputs, self.mask_loss)
@@ -89,10 +91,9 @@ class IUQCondInst(CondInst):
                     outputs.queries,
                     gt_instances,
                     image_ids_of(inputs, self.device),
-                    get_event_storage().iter,
+                    iteration,
                 )
             )
-        iteration = get_event_storage().iter
         if self.gradient_log_period > 0 and iteration % self.gradient_log_period == 0:
             log_gradient_balance(losses, outputs.queries.mask_head_params, outputs.mask_feats)
         return losses
