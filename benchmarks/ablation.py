@@ -21,9 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "Demo", "shapes_CondInst.yaml")
-# The bank's weight pinned to what the recorded runs used (1; the default is now 0.25), so that a
-# variant keeps meaning what it was run with.
-IUQ = ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"]
+# The bank's weight and query cap pinned to what the recorded runs used (weight 1, every query;
+# the defaults are now 0.25 and 64), so that a variant keeps meaning what it was run with.
+IUQ = [
+    *("MODEL.META_ARCHITECTURE", "IUQCondInst"),
+    *("MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0", "MODEL.IUQ.INTER.MAX_QUERIES", "-1"),
+]
 # Equivariance needs the mapper that makes the views.
 IUQ_VIEWS = IUQ + ["INPUT.DATASET_MAPPER_NAME", "iuq"]
 NO_BANK = ["MODEL.IUQ.INTER.ENABLED", "False"]
@@ -58,6 +61,9 @@ def equi_weights(query: float, feat: float):
 
 VARIANTS = {
     "CondInst": ["MODEL.META_ARCHITECTURE", "CondInst"],
+    # What the demo's IUQ config trains: the bank with every MODEL.IUQ.INTER key at its current
+    # default (this one follows the defaults, on purpose), no equivariance views.
+    "IUQ (defaults)": ["MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI],
     "+bank": IUQ + NO_EQUI,
     "+equivariance": IUQ_VIEWS + NO_BANK + equi_weights(3.0, 1.0),
     "+bank +equivariance": IUQ_VIEWS + equi_weights(3.0, 1.0),

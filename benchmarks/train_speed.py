@@ -29,6 +29,14 @@ IUQ_VIEWS = ["MODEL.META_ARCHITECTURE", "IUQCondInst", "INPUT.DATASET_MAPPER_NAM
 VARIANTS = {
     "condinst": ["MODEL.META_ARCHITECTURE", "CondInst"],
     "bank": ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED", "False"],
+    # The bank with every query evaluated and with at most 32 / 64 of them per step.
+    **{
+        f"bank_q{'all' if q < 0 else q}": [
+            *("MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED", "False"),
+            *("MODEL.IUQ.INTER.MAX_QUERIES", str(q)),
+        ]
+        for q in (-1, 32, 64)
+    },
     "equi_paired": [
         *IUQ_VIEWS,
         "MODEL.IUQ.INTER.ENABLED",

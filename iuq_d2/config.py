@@ -169,6 +169,12 @@ def add_iuq_config(cfg: CN) -> None:
     # per step stay bounded on crowded images (tens of instances x 50 pixels x every image of
     # the global batch). -1: all.
     _C.MODEL.IUQ.INTER.MAX_BATCH_ENTRIES = 2048
+    # At most this many of the batch's queries (the mask loss's, up to MAX_PROPOSALS) are
+    # evaluated against the negatives per step, a random subset: the mean over pairs stays an
+    # unbiased estimate and the pairs per step stay bounded (queries x negatives). 64 of about
+    # 200 brings the bank's step-time overhead on the demo from 1.16x to 1.01x, on cells from
+    # 1.39x to 1.08x (benchmarks/train_speed.py, README). -1: all.
+    _C.MODEL.IUQ.INTER.MAX_QUERIES = 64
     # Keep this process's in-batch instance pixels attached to the mask branch, so that the
     # representation is also trained to separate instances of different images (the bank and
     # other processes' pixels are constants).

@@ -335,6 +335,24 @@ def test_batch_entry_cap_bounds_the_pairs_but_every_entry_enters_the_bank():
     assert model.inter_scene.bank.num_filled == 18
 
 
+def test_query_cap_evaluates_a_random_subset_of_the_queries():
+    torch.manual_seed(0)
+    model = build_model(iuq_config(**{"MODEL.IUQ.INTER.MAX_QUERIES": 2}))
+    queries = Instances((0, 0))
+    queries.mask_head_params = torch.randn(5, model.mask_head.num_params, requires_grad=True)
+    queries.locations = torch.rand(5, 2) * 50
+    queries.fpn_levels = torch.zeros(5, dtype=torch.int64)
+    queries.im_inds = torch.tensor([0, 0, 0, 1, 1])
+    images, gt = _prepared(model, _two_image_batch())
+    feats = torch.randn(2, model.mask_branch.out_channels, 14, 16)
+    with EventStorage() as storage:
+        loss = model.inter_scene(feats, queries, gt, torch.tensor([0, 1]), 0)["loss_inter"]
+        assert storage.latest()["iuq/queries_evaluated"][0] == 2
+    loss.backward()
+    reached = queries.mask_head_params.grad.abs().sum(dim=1) > 0
+    assert reached.sum() == 2
+
+
 @pytest.mark.parametrize("attached", [False, True])
 def test_batch_entry_grad_reaches_the_mask_branch_only_when_asked(attached):
     torch.manual_seed(0)

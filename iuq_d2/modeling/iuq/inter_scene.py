@@ -88,7 +88,8 @@ class InterSceneCriterion(nn.Module):
 
     Negatives of one step are a sample of the bank (entries at most ``max_age`` iterations old)
     and the instance pixels of the current global batch (at most ``max_batch_entries`` of them
-    evaluated; all enter the bank). With ``batch_entry_grad`` the pixels of this process's other
+    evaluated; all enter the bank); at most ``max_queries`` queries, a random subset, are
+    evaluated against them. With ``batch_entry_grad`` the pixels of this process's other
     images stay attached to the mask branch, so the representation, not only the queries, is
     trained to tell instances of different images apart.
     """
@@ -112,6 +113,7 @@ class InterSceneCriterion(nn.Module):
         max_age: int,
         max_batch_entries: int,
         batch_entry_grad: bool,
+        max_queries: int = -1,
         normalization: str,
         impl: str,
         detach_output_bias: bool = False,
@@ -133,6 +135,7 @@ class InterSceneCriterion(nn.Module):
         self.max_age = max_age
         self.max_batch_entries = max_batch_entries
         self.batch_entry_grad = batch_entry_grad
+        self.max_queries = max_queries
         self.normalization = normalization
         self.impl = impl
         self.detach_output_bias = detach_output_bias
@@ -176,6 +179,7 @@ class InterSceneCriterion(nn.Module):
             "max_age": inter.MAX_AGE_ITERS,
             "max_batch_entries": inter.MAX_BATCH_ENTRIES,
             "batch_entry_grad": inter.BATCH_ENTRY_GRAD,
+            "max_queries": inter.MAX_QUERIES,
             "normalization": inter.NORMALIZATION,
             "impl": inter.IMPL,
             "detach_output_bias": inter.DETACH_OUTPUT_BIAS,
@@ -259,6 +263,9 @@ class InterSceneCriterion(nn.Module):
         if 0 <= self.max_batch_entries < len(evaluated):
             keep = torch.randperm(len(evaluated), device="cpu")[: self.max_batch_entries]
             evaluated = evaluated[keep.to(mask_feats.device)]
+        if 0 <= self.max_queries < len(queries):
+            keep = torch.randperm(len(queries), device="cpu")[: self.max_queries]
+            queries = queries[keep.to(mask_feats.device)]
         sampled, ages = self.bank.sample_with_age(self.num_negatives, iteration, self.max_age)
         negatives = BankEntries.cat([sampled, evaluated])
 
@@ -306,6 +313,7 @@ class InterSceneCriterion(nn.Module):
         storage.put_scalar("iuq/entries_this_rank", len(local))
         storage.put_scalar("iuq/entries_gathered", len(current))
         storage.put_scalar("iuq/entries_evaluated", len(evaluated))
+        storage.put_scalar("iuq/queries_evaluated", len(queries))
         if len(ages) > 0:
             storage.put_scalar("iuq/bank_age_mean", ages.float().mean().item())
             storage.put_scalar("iuq/bank_age_max", ages.max().item())
