@@ -64,6 +64,11 @@ VARIANTS = {
     # What the demo's IUQ config trains: the bank with every MODEL.IUQ.INTER key at its current
     # default (this one follows the defaults, on purpose), no equivariance views.
     "IUQ (defaults)": ["MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI],
+    # The same with foreign logits scored against the query's own-instance logit.
+    "IUQ (defaults, own reference)": [
+        *("MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI),
+        *("MODEL.IUQ.INTER.REFERENCE", "own"),
+    ],
     "+bank": IUQ + NO_EQUI,
     "+equivariance": IUQ_VIEWS + NO_BANK + equi_weights(3.0, 1.0),
     "+bank +equivariance": IUQ_VIEWS + equi_weights(3.0, 1.0),

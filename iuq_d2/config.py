@@ -170,10 +170,10 @@ def add_iuq_config(cfg: CN) -> None:
     # the global batch). -1: all.
     _C.MODEL.IUQ.INTER.MAX_BATCH_ENTRIES = 2048
     # At most this many of the batch's queries (the mask loss's, up to MAX_PROPOSALS) are
-    # evaluated against the negatives per step, a random subset: the mean over pairs stays an
-    # unbiased estimate and the pairs per step stay bounded (queries x negatives). 64 of about
-    # 200 brings the bank's step-time overhead on the demo from 1.16x to 1.01x, on cells from
-    # 1.39x to 1.08x (benchmarks/train_speed.py, README). -1: all.
+    # evaluated against the negatives per step, a random subset: the mean over its pairs
+    # estimates the mean over all, and the pairs per step stay bounded (queries x negatives).
+    # 64 of up to 200 brings the bank's step-time overhead on the demo from 1.16x to 1.01x, on
+    # cells from 1.39x to 1.08x (benchmarks/train_speed.py, README). -1: all.
     _C.MODEL.IUQ.INTER.MAX_QUERIES = 64
     # Keep this process's in-batch instance pixels attached to the mask branch, so that the
     # representation is also trained to separate instances of different images (the bank and
@@ -182,6 +182,11 @@ def add_iuq_config(cfg: CN) -> None:
     # "pairs": mean over all valid (query, pixel) pairs; "query_image": per query the mean over
     # each other image's pixels, averaged over those images, then over queries (the paper's).
     _C.MODEL.IUQ.INTER.NORMALIZATION = "pairs"
+    # What a foreign logit is scored against: "zero" (the paper: focal loss of the logit
+    # against target 0) or "own" (the logit minus the query's mean logit on the sampled cells of
+    # its own instance). "own" is shift-invariant: the query's output bias cancels, so the loss
+    # cannot be lowered by lowering all of the query's logits (docs/method.md).
+    _C.MODEL.IUQ.INTER.REFERENCE = "zero"
     # Implementation of the loss (iuq_d2.layers.inter_scene): "auto" (the Triton kernel on CUDA,
     # the tiled path elsewhere), "triton", "tiled" or "reference" (the plain PyTorch one).
     _C.MODEL.IUQ.INTER.IMPL = "auto"

@@ -10,6 +10,7 @@ from detectron2.utils.events import EventStorage
 
 from iuq_d2.engine import AtomicCheckpointer
 from iuq_d2.layers import dynamic_mlp, parse_dynamic_params
+from iuq_d2.layers.dense_mask_head import reference_dense_mask_logits
 from iuq_d2.layers.inter_scene import inter_scene_focal_loss
 from iuq_d2.modeling.iuq import BankEntries, QueryBank
 from iuq_d2.strip_checkpoint import main as strip_main
@@ -74,7 +75,7 @@ def test_instance_balanced_sampling_counts_and_locations():
     batch = [make_input(96, 128, [[8, 8, 88, 72], [40, 80, 56, 88], [100, 10, 103, 13]], [0, 1, 2])]
     images, gt = _prepared(model, batch)
     feats = torch.randn(1, model.mask_branch.out_channels, 12, 16)
-    entries = model.inter_scene.collect(feats, gt, torch.tensor([42]))
+    entries, _ = model.inter_scene.collect(feats, gt, torch.tensor([42]))
     assert len(entries) == 3 * 7
     assert (entries.image_ids == 42).all()
     x, y = entries.positions[:, 0], entries.positions[:, 1]
@@ -384,6 +385,94 @@ def test_detached_output_bias_gets_no_inter_scene_gradient():
     loss.backward()
     grad = queries.mask_head_params.grad
     assert grad[:, -1].abs().max() == 0 and grad[:, :-1].abs().sum() > 0
+
+
+def _queries_on_instances(model, gt_inds, locations, im_inds):
+    queries = Instances((0, 0))
+    queries.mask_head_params = torch.randn(
+        len(gt_inds), model.mask_head.num_params, requires_grad=True
+    )
+    queries.locations = torch.tensor(locations, dtype=torch.float32)
+    queries.fpn_levels = torch.tensor([0, 1, 0][: len(gt_inds)])
+    queries.im_inds = torch.tensor(im_inds)
+    queries.gt_inds = torch.tensor(gt_inds)
+    return queries
+
+
+def test_own_logit_is_the_dense_head_mean_over_the_sampled_own_cells():
+    torch.manual_seed(0)
+    model = build_model(iuq_config(**{"MODEL.IUQ.INTER.REFERENCE": "own"}))
+    images, gt = _prepared(model, _two_image_batch())
+    feats = torch.randn(2, model.mask_branch.out_channels, 14, 16)
+    criterion = model.inter_scene
+    local, instances = criterion.collect(feats, gt, torch.tensor([0, 1]))
+    queries = _queries_on_instances(model, [1, 2, 0], [[80, 60], [20, 20], [30, 40]], [0, 1, 0])
+    own, has_own = criterion.own_logits(queries, local, instances, 3)
+    assert has_own.all()
+    soi = model.mask_head.sizes_of_interest.float()[queries.fpn_levels]
+    dense = reference_dense_mask_logits(
+        feats,
+        queries.mask_head_params,
+        queries.im_inds,
+        queries.locations,
+        soi,
+        8,
+        model.mask_head.layer_shapes,
+    )[:, 0]
+    cells = ((local.positions - 4) / 8).long()
+    for q, g in enumerate(queries.gt_inds.tolist()):
+        mine = instances == g
+        expected = dense[q, cells[mine, 1], cells[mine, 0]].mean()
+        torch.testing.assert_close(own[q], expected)
+
+
+def test_own_reference_makes_the_loss_blind_to_the_output_bias():
+    losses, bias_grads = {}, {}
+    for reference in ("zero", "own"):
+        torch.manual_seed(0)
+        model = build_model(
+            iuq_config(
+                **{
+                    "MODEL.IUQ.INTER.REFERENCE": reference,
+                    "MODEL.IUQ.INTER.MAX_QUERIES": -1,
+                    # No bank sample: the first call's entries would be the second's negatives.
+                    "MODEL.IUQ.INTER.NUM_NEGATIVES": 0,
+                }
+            )
+        )
+        _, gt = _prepared(model, _two_image_batch())
+        torch.manual_seed(1)
+        feats = torch.randn(2, model.mask_branch.out_channels, 14, 16)
+        queries = _queries_on_instances(model, [1, 2, 0], [[80, 60], [20, 20], [30, 40]], [0, 1, 0])
+        values = []
+        for shift in (0.0, 3.0):
+            shifted = queries[torch.arange(3)]
+            shifted.mask_head_params = queries.mask_head_params + torch.nn.functional.pad(
+                torch.full((3, 1), shift), (model.mask_head.num_params - 1, 0)
+            )
+            torch.manual_seed(2)  # the same cells sampled
+            with EventStorage():
+                values.append(
+                    model.inter_scene(feats, shifted, gt, torch.tensor([0, 1]), 0)["loss_inter"]
+                )
+        losses[reference] = [v.item() for v in values]
+        values[0].backward()
+        bias_grads[reference] = queries.mask_head_params.grad[:, -1]
+    assert losses["zero"][1] > 2 * losses["zero"][0]  # a higher output bias: more firing
+    assert abs(losses["own"][1] - losses["own"][0]) < 1e-5 * losses["own"][0]
+    assert bias_grads["zero"].abs().min() > 0
+    assert bias_grads["own"].abs().max() < 1e-6
+
+
+def test_reference_is_checked_at_build_time():
+    with pytest.raises(ValueError, match="MODEL.IUQ.INTER.REFERENCE"):
+        build_model(iuq_config(**{"MODEL.IUQ.INTER.REFERENCE": "mean"}))
+    with pytest.raises(ValueError, match="PIXELS_PER_INSTANCE must be > 0"):
+        build_model(
+            iuq_config(
+                **{"MODEL.IUQ.INTER.REFERENCE": "own", "MODEL.IUQ.INTER.PIXELS_PER_INSTANCE": 0}
+            )
+        )
 
 
 def test_pair_mask_is_honoured_alike_by_the_reference_and_the_tiled_path():

@@ -10,6 +10,7 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
+from ...layers import dynamic_mlp, parse_dynamic_params
 from ...layers.cell_centers import fcos_cell_center
 from ...layers.inter_scene import inter_scene_focal_loss
 from ...utils.comm import all_gather_rows
@@ -18,6 +19,7 @@ from .query_bank import BankEntries, QueryBank
 
 COORD_MODES = ("instance_centered", "overlay")
 NORMALIZATIONS = ("pairs", "query_image")
+REFERENCES = ("zero", "own")
 
 
 def image_ids_of(batched_inputs: List[dict], device: torch.device) -> Tensor:
@@ -114,6 +116,7 @@ class InterSceneCriterion(nn.Module):
         max_batch_entries: int,
         batch_entry_grad: bool,
         max_queries: int = -1,
+        reference: str = "zero",
         normalization: str,
         impl: str,
         detach_output_bias: bool = False,
@@ -136,6 +139,7 @@ class InterSceneCriterion(nn.Module):
         self.max_batch_entries = max_batch_entries
         self.batch_entry_grad = batch_entry_grad
         self.max_queries = max_queries
+        self.reference = reference
         self.normalization = normalization
         self.impl = impl
         self.detach_output_bias = detach_output_bias
@@ -152,6 +156,15 @@ class InterSceneCriterion(nn.Module):
             raise ValueError(
                 f"MODEL.IUQ.INTER.NORMALIZATION must be one of {NORMALIZATIONS}, "
                 f"got {inter.NORMALIZATION!r}"
+            )
+        if inter.REFERENCE not in REFERENCES:
+            raise ValueError(
+                f"MODEL.IUQ.INTER.REFERENCE must be one of {REFERENCES}, got {inter.REFERENCE!r}"
+            )
+        if inter.REFERENCE == "own" and inter.PIXELS_PER_INSTANCE == 0:
+            raise ValueError(
+                "MODEL.IUQ.INTER.REFERENCE 'own' needs the query's own instance pixels: "
+                "MODEL.IUQ.INTER.PIXELS_PER_INSTANCE must be > 0"
             )
         if inter.EXCLUDE_OWN_FOOTPRINT and (
             inter.COORDS != "overlay" or inter.NORMALIZATION != "pairs"
@@ -180,6 +193,7 @@ class InterSceneCriterion(nn.Module):
             "max_batch_entries": inter.MAX_BATCH_ENTRIES,
             "batch_entry_grad": inter.BATCH_ENTRY_GRAD,
             "max_queries": inter.MAX_QUERIES,
+            "reference": inter.REFERENCE,
             "normalization": inter.NORMALIZATION,
             "impl": inter.IMPL,
             "detach_output_bias": inter.DETACH_OUTPUT_BIAS,
@@ -197,9 +211,10 @@ class InterSceneCriterion(nn.Module):
         gt_instances: List[Instances],
         image_ids: Tensor,
         with_grad: bool = False,
-    ) -> BankEntries:
+    ) -> Tuple[BankEntries, Tensor]:
         """``pixels_per_instance`` instance pixels of every ground-truth instance of this
-        process's images, their features detached unless ``with_grad``."""
+        process's images, their features detached unless ``with_grad``, and the index of each
+        one's instance among the batch's concatenated instances."""
         images, rows, cols, instances = sample_instance_cells(
             gt_instances, mask_feats.shape[-2:], self.feat_stride, self.pixels_per_instance
         )
@@ -209,12 +224,36 @@ class InterSceneCriterion(nn.Module):
             centers = torch.cat([x.gt_boxes.get_centers() for x in gt_instances])[instances]
         else:
             centers = positions.clone()
-        return BankEntries(
+        entries = BankEntries(
             feats=feats if with_grad else feats.detach(),
             positions=positions,
             offsets=centers - positions,
             image_ids=image_ids[images],
         )
+        return entries, instances
+
+    def own_logits(
+        self, queries: Instances, local: BankEntries, instances: Tensor, num_instances: int
+    ) -> Tuple[Tensor, Tensor]:
+        """Each query's mean logit over the cells of its own instance that :meth:`collect`
+        sampled (differentiable in its parameters), and whether it has any (an instance with an
+        empty mask has none)."""
+        k = self.pixels_per_instance
+        device = queries.locations.device
+        first = torch.full((num_instances,), -1, dtype=torch.int64, device=device)
+        # sample_instance_cells writes k consecutive cells per instance.
+        first[instances[::k]] = torch.arange(0, len(instances), k, device=device)
+        start = first[queries.gt_inds]
+        cells = start.clamp(min=0)[:, None] + torch.arange(k, device=device)[None, :]  # [Q, k]
+        x = local.feats[cells] if len(local) > 0 else local.feats.new_zeros(len(queries), k, 0)
+        if self.use_rel_coords:
+            soi = torch.tensor(self.sizes_of_interest, dtype=torch.float32, device=device)
+            rel = queries.locations[:, None, :] - local.positions[cells] if len(local) > 0 else x
+            rel = rel / soi[queries.fpn_levels][:, None, None]
+            x = torch.cat([rel, x], dim=2)
+        weights, biases = parse_dynamic_params(queries.mask_head_params, self.layer_shapes)
+        logits = dynamic_mlp(x.transpose(1, 2).to(weights[0].dtype), weights, biases)
+        return logits[:, 0, :].mean(dim=1), start >= 0
 
     def off_own_footprint(
         self,
@@ -249,7 +288,9 @@ class InterSceneCriterion(nn.Module):
     ) -> Dict[str, Tensor]:
         """``loss_inter`` of the queries against bank samples and this global batch's instance
         pixels; afterwards the batch's pixels join the bank."""
-        local = self.collect(mask_feats, gt_instances, image_ids, with_grad=self.batch_entry_grad)
+        local, instances = self.collect(
+            mask_feats, gt_instances, image_ids, with_grad=self.batch_entry_grad
+        )
         gathered, counts = all_gather_rows(*(t.detach() for t in local.as_tuple()))
         current = BankEntries(*gathered)
         evaluated = current
@@ -266,6 +307,10 @@ class InterSceneCriterion(nn.Module):
         if 0 <= self.max_queries < len(queries):
             keep = torch.randperm(len(queries), device="cpu")[: self.max_queries]
             queries = queries[keep.to(mask_feats.device)]
+        if self.reference == "own":
+            num_instances = sum(len(x) for x in gt_instances)
+            own_logit, has_own = self.own_logits(queries, local, instances, num_instances)
+            queries, own_logit = queries[has_own], own_logit[has_own]
         sampled, ages = self.bank.sample_with_age(self.num_negatives, iteration, self.max_age)
         negatives = BankEntries.cat([sampled, evaluated])
 
@@ -280,6 +325,12 @@ class InterSceneCriterion(nn.Module):
             self.sizes_of_interest, dtype=torch.float32, device=queries.locations.device
         )[queries.fpn_levels]
         params = queries.mask_head_params
+        if self.reference == "own":
+            # Score each foreign logit relative to the query's mean logit on its own instance:
+            # with that mean folded into the output bias (biases come last in the parameters)
+            # the bias cancels, so lowering all of the query's logits, its own object's too,
+            # no longer silences other images; only telling them apart does.
+            params = torch.cat([params[:, :-1], params[:, -1:] - own_logit[:, None]], dim=1)
         pair_mask = None
         if self.exclude_own_footprint:
             pair_mask = self.off_own_footprint(
