@@ -7,13 +7,17 @@ trained with the same schedule and seeds, evaluated on shapes_val.
 
 Runs are independent train_net.py processes (--jobs at a time; with 2 jobs on 2 cores each run
 gets one core). A run whose OUTPUT_DIR already holds its final metrics is not repeated, so an
-interrupted ablation continues where it stopped. Prints a markdown table of the mean and sample
-standard deviation of segm and bbox AP per variant, and the AP of each seed, and writes JSON.
+interrupted ablation continues where it stopped. With --eval-opts every final model is also
+evaluated with those overrides (``train_net.py --eval-only``, beside its run, also kept), e.g.
+``--eval-opts "INPUT.MIN_SIZE_TEST 192 INPUT.MAX_SIZE_TEST 288"``. Prints a markdown table of the
+mean and sample standard deviation of segm and bbox AP per variant, and the AP of each seed, and
+writes JSON.
 """
 
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -143,30 +147,55 @@ def dataset_opts(dataset: str):
     ]
 
 
-def run(variant: str, seed: int, root: str, dataset: str, opts) -> dict:
-    slug = "".join(c if c.isalnum() else "_" for c in variant).strip("_")
-    output_dir = os.path.join(root, dataset, f"{slug}_seed{seed}")
+def slugify(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+
+
+def reevaluated_metrics(output_dir: str):
+    path = os.path.join(output_dir, "eval_results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    return {f"{task}/{k}": v for task, metrics in results.items() for k, v in metrics.items()}
+
+
+def run(variant: str, seed: int, root: str, dataset: str, opts, eval_opts) -> dict:
+    output_dir = os.path.join(root, dataset, f"{slugify(variant)}_seed{seed}")
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "train_net.py"),
+        "--config-file",
+        CONFIG,
+        *VARIANTS[variant],
+        *dataset_opts(dataset),
+        "SEED",
+        str(seed),
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        *opts,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     if final_metrics(output_dir) is None:
         os.makedirs(os.path.dirname(output_dir), exist_ok=True)
-        cmd = [
-            sys.executable,
-            os.path.join(REPO, "train_net.py"),
-            "--config-file",
-            CONFIG,
-            *VARIANTS[variant],
-            *dataset_opts(dataset),
-            "SEED",
-            str(seed),
-            "OUTPUT_DIR",
-            output_dir,
-            "DATALOADER.NUM_WORKERS",
-            "0",
-            *opts,
-        ]
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         with open(output_dir + ".log", "w") as log:
-            subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
+            cmd_train = cmd + ["OUTPUT_DIR", output_dir]
+            subprocess.run(cmd_train, stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
     m = final_metrics(output_dir)
+    if eval_opts:
+        eval_dir = f"{output_dir}_eval_{slugify(' '.join(eval_opts))}"
+        if reevaluated_metrics(eval_dir) is None:
+            weights = os.path.join(output_dir, "model_final.pth")
+            cmd_eval = [*cmd[:2], "--eval-only", *cmd[2:], "MODEL.WEIGHTS", weights]
+            with open(eval_dir + ".log", "w") as log:
+                subprocess.run(
+                    cmd_eval + ["OUTPUT_DIR", eval_dir, *eval_opts],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    check=True,
+                )
+        m = reevaluated_metrics(eval_dir)
     return {
         "variant": variant,
         "seed": seed,
@@ -187,13 +216,24 @@ def main() -> None:
     parser.add_argument("--dataset", default="shapes", choices=list(DATASETS))
     parser.add_argument("--root", default=os.path.join(REPO, "output", "ablation"))
     parser.add_argument("--out", default="")
+    parser.add_argument(
+        "--eval-opts",
+        default="",
+        help="config overrides, one quoted string, with which every run's final model is also "
+        "evaluated (e.g. another test size); the table then reports that evaluation",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run")
     args = parser.parse_args()
     os.makedirs(args.root, exist_ok=True)
 
     tasks = [(v, s) for s in args.seeds for v in args.variants]
+    eval_opts = shlex.split(args.eval_opts)
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda t: run(t[0], t[1], args.root, args.dataset, args.opts), tasks))
+        rows = list(
+            pool.map(
+                lambda t: run(t[0], t[1], args.root, args.dataset, args.opts, eval_opts), tasks
+            )
+        )
 
     summary = {}
     print("| variant | segm AP | segm AP75 | bbox AP | segm AP per seed | bbox AP per seed |")
@@ -222,6 +262,7 @@ def main() -> None:
                     "config": os.path.relpath(CONFIG, REPO),
                     "dataset": args.dataset,
                     "opts": args.opts,
+                    "eval_opts": eval_opts,
                     "seeds": args.seeds,
                     "summary": summary,
                     "runs": rows,

@@ -10,6 +10,14 @@
 #
 # Needs an environment with a CUDA build of torch and iuq_d2 installed (PY, default .venv/bin/python).
 # DEVICE=cpu MIN_SIZE=160 ITERS=2 REPEATS=1 runs the same on a CPU, as a smoke test of the script.
+#
+# On a GPU machine without network (the device tool's): build the wheelhouse here first,
+#     python scripts/make_wheelhouse.py          # -> wheelhouse/ (git-ignored), about 46 MiB
+# (where the machine lacks torchvision: --torchvision 0.26.0 --max-mib 54, for torch 2.11)
+# and carry it with the repository: run(command="bash benchmarks/gpu.sh $OUT",
+# carry=["wheelhouse"]). When detectron2 does not import in PY, iuq_d2 is then installed offline
+# from WHEELHOUSE (default wheelhouse) into PY; a missing PY is first made a venv over the
+# machine's python3 with --system-site-packages, so that its CUDA torch is the one used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results}
@@ -18,7 +26,20 @@ DEVICE=${DEVICE:-cuda}
 MIN_SIZE=${MIN_SIZE:-800}
 ITERS=${ITERS:-8}
 REPEATS=${REPEATS:-2}
+WHEELHOUSE=${WHEELHOUSE:-wheelhouse}
 mkdir -p "$OUT"
+
+if [ -d "$WHEELHOUSE" ] && ! $PY -c "import detectron2" 2>/dev/null; then
+    if ! command -v $PY >/dev/null; then  # a venv over python3, to use the machine's CUDA torch
+        python3 -m venv --system-site-packages "$(dirname "$(dirname "$PY")")"
+    fi
+    offline() { $PY -m pip install --no-index --find-links "$WHEELHOUSE" "$@"; }
+    offline -r "$WHEELHOUSE/requirements.txt"
+    offline --no-deps "$WHEELHOUSE"/sal_detectron2-*.whl  # its metadata pins numpy<2, wants black
+    # torch is never shipped; torchvision only with make_wheelhouse.py --torchvision.
+    $PY -c "import torchvision" 2>/dev/null || offline --no-deps torchvision
+    offline --no-deps --no-build-isolation -e .
+fi
 
 if [ "$DEVICE" = cuda ]; then
     CARD=$($PY -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '_'))")

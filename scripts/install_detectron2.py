@@ -27,6 +27,7 @@ from pathlib import Path
 SOURCE = "sal-detectron2==0.7.2"
 SOURCE_PYTHON = "3.10"
 REPACKED_NAME = "sal_detectron2-0.7.2-py3-none-any.whl"
+DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iuq_d2"
 # What detectron2 imports at run time (its own metadata, minus numpy<2 and black).
 RUNTIME_REQUIREMENTS = [
     "fvcore>=0.1.5",
@@ -93,29 +94,9 @@ def _retag(wheel_text: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pip(*args: str) -> None:
-    cmd = [sys.executable, "-m", "pip", *args]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.check_call(cmd)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iuq_d2"
-    parser.add_argument("--cache-dir", type=Path, default=default_cache)
-    parser.add_argument("--force", action="store_true", help="install even if detectron2 imports")
-    args = parser.parse_args()
-
-    if importlib.util.find_spec("detectron2") is not None and not args.force:
-        import detectron2
-
-        print(
-            f"detectron2 {detectron2.__version__} already importable from "
-            f"{os.path.dirname(detectron2.__file__)}; leaving it as it is."
-        )
-        return 0
-
-    repacked = args.cache_dir / REPACKED_NAME
+def repacked_wheel(cache_dir: Path) -> Path:
+    """The pure-Python detectron2 wheel in ``cache_dir``, downloaded and repacked on first use."""
+    repacked = cache_dir / REPACKED_NAME
     if not repacked.exists():
         with tempfile.TemporaryDirectory() as tmp:
             pip(
@@ -130,7 +111,31 @@ def main() -> int:
             )
             (wheel,) = Path(tmp).glob("*.whl")
             make_pure(wheel, repacked)
-    pip("install", "--no-deps", str(repacked))
+    return repacked
+
+
+def pip(*args: str) -> None:
+    cmd = [sys.executable, "-m", "pip", *args]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.check_call(cmd)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
+    parser.add_argument("--force", action="store_true", help="install even if detectron2 imports")
+    args = parser.parse_args()
+
+    if importlib.util.find_spec("detectron2") is not None and not args.force:
+        import detectron2
+
+        print(
+            f"detectron2 {detectron2.__version__} already importable from "
+            f"{os.path.dirname(detectron2.__file__)}; leaving it as it is."
+        )
+        return 0
+
+    pip("install", "--no-deps", str(repacked_wheel(args.cache_dir)))
     pip("install", *RUNTIME_REQUIREMENTS)
     return 0
 

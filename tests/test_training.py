@@ -87,6 +87,11 @@ def test_instant_training_loss_goes_down_and_eval_only_reproduces_it(tmp_path, s
     assert {"bbox/AP", "segm/AP", "segm/AP50"} <= set(flat)
     for key, value in flat.items():
         assert final[key][0] == pytest.approx(value, abs=1e-12, nan_ok=True), key
+    with open(tmp_path / "eval" / "eval_results.json") as f:
+        on_disk = json.load(f)
+    assert set(on_disk) == set(again)
+    for task, metrics in again.items():
+        assert on_disk[task] == pytest.approx(dict(metrics), nan_ok=True), task
 
     val_images = small_shapes[1][2]
     written = visualize_main(

@@ -4,6 +4,7 @@ The Slurm launcher (:mod:`iuq_d2.engine.slurm`) runs the same :func:`run` on eve
 """
 
 import argparse
+import json
 import logging
 import multiprocessing
 import os
@@ -17,6 +18,8 @@ from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 
 from .checkpoint import AtomicCheckpointer
 from .config_loader import load_config
@@ -71,6 +74,14 @@ def setup(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
+def write_eval_results(results, path: str) -> None:
+    """``--eval-only``'s metrics ({dataset: {task: {metric: value}}}, or {task: ...} for one
+    test set) as json, for scripts that would otherwise parse the log."""
+    with PathManager.open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    logger.info(f"Evaluation results written to {path}")
+
+
 def main(args: argparse.Namespace):
     """Train, or with ``--eval-only`` evaluate, in this process; the evaluation results."""
     cfg = setup(args)
@@ -80,6 +91,8 @@ def main(args: argparse.Namespace):
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         verify_results(cfg, results)
+        if comm.is_main_process():
+            write_eval_results(results, os.path.join(cfg.OUTPUT_DIR, "eval_results.json"))
         return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
