@@ -10,9 +10,9 @@ from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
-from ...layers import dynamic_mlp, parse_dynamic_params
+from ...layers import dynamic_mlp
 from ...layers.cell_centers import fcos_cell_center
-from ...layers.inter_scene import inter_scene_focal_loss
+from ...layers.inter_scene import entry_inputs, fold_dynamic_params, inter_scene_focal_loss
 from ...utils.comm import all_gather_rows
 from ..condinst.dynamic_mask_head import DynamicMaskHead
 from .query_bank import BankEntries, QueryBank
@@ -239,21 +239,35 @@ class InterSceneCriterion(nn.Module):
         sampled (differentiable in its parameters), and whether it has any (an instance with an
         empty mask has none)."""
         k = self.pixels_per_instance
-        device = queries.locations.device
+        params = queries.mask_head_params
+        device = params.device
         first = torch.full((num_instances,), -1, dtype=torch.int64, device=device)
         # sample_instance_cells writes k consecutive cells per instance.
         first[instances[::k]] = torch.arange(0, len(instances), k, device=device)
         start = first[queries.gt_inds]
+        has_own = start >= 0
+        if not has_own.any():
+            return params.new_zeros(len(queries)), has_own
         cells = start.clamp(min=0)[:, None] + torch.arange(k, device=device)[None, :]  # [Q, k]
-        x = local.feats[cells] if len(local) > 0 else local.feats.new_zeros(len(queries), k, 0)
-        if self.use_rel_coords:
-            soi = torch.tensor(self.sizes_of_interest, dtype=torch.float32, device=device)
-            rel = queries.locations[:, None, :] - local.positions[cells] if len(local) > 0 else x
-            rel = rel / soi[queries.fpn_levels][:, None, None]
-            x = torch.cat([rel, x], dim=2)
-        weights, biases = parse_dynamic_params(queries.mask_head_params, self.layer_shapes)
-        logits = dynamic_mlp(x.transpose(1, 2).to(weights[0].dtype), weights, biases)
-        return logits[:, 0, :].mean(dim=1), start >= 0
+        # The loss's own folding of the relative coordinates, on each query's own cells.
+        weights, biases = fold_dynamic_params(
+            params,
+            queries.locations,
+            self.query_soi(queries),
+            self.layer_shapes,
+            self.use_rel_coords,
+            params.dtype,
+        )
+        inputs = entry_inputs(local.feats, local.positions, self.use_rel_coords, params.dtype)
+        logits = dynamic_mlp(inputs[cells].transpose(1, 2), weights, biases)
+        return logits[:, 0, :].mean(dim=1), has_own
+
+    def query_soi(self, queries: Instances) -> Tensor:
+        """[Q] size of interest of each query's FPN level (its relative coordinates' scale)."""
+        soi = torch.tensor(
+            self.sizes_of_interest, dtype=torch.float32, device=queries.locations.device
+        )
+        return soi[queries.fpn_levels]
 
     def off_own_footprint(
         self,
@@ -321,9 +335,7 @@ class InterSceneCriterion(nn.Module):
         else:
             query_anchors = queries.locations
             pixel_anchors = negatives.positions
-        soi = torch.tensor(
-            self.sizes_of_interest, dtype=torch.float32, device=queries.locations.device
-        )[queries.fpn_levels]
+        soi = self.query_soi(queries)
         params = queries.mask_head_params
         if self.reference == "own":
             # Score each foreign logit relative to the query's mean logit on its own instance:
