@@ -14,9 +14,10 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.data.datasets import load_coco_json
 from detectron2.evaluation import COCOEvaluator
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import BitMasks, Boxes, Instances
 
 from iuq_d2.config import add_condinst_config, add_iuq_config
 from iuq_d2.data import (
@@ -504,6 +505,38 @@ def test_mapper(shapes60):
     assert len(empty["instances"]) == 0 and empty["instances"].has("gt_masks")
     test_out = CondInstDatasetMapper(cfg, False)(d)
     assert "instances" not in test_out and test_out["image"].shape[0] == 3
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_mapper_leaves_array_polygons_of_the_dataset_unchanged(shapes60, dtype):
+    """detectron2 flips array polygons in place: the mapper must hand it copies, and the masks
+    must be those of the same polygons given as lists."""
+    out_dir, _ = shapes60
+    dicts = load_coco_json_checked(
+        os.path.join(out_dir, "annotations.json"), os.path.join(out_dir, "images")
+    )
+    as_lists = next(d for d in dicts if len(d["annotations"]) >= 4)
+    as_arrays = copy.deepcopy(as_lists)
+    for anno in as_arrays["annotations"]:
+        anno["segmentation"] = [np.asarray(p, dtype=dtype) for p in anno["segmentation"]]
+    original = copy.deepcopy(as_arrays)
+    mapper = CondInstDatasetMapper(
+        True,
+        augmentations=[T.RandomFlip(prob=1.0)],
+        image_format="BGR",
+        use_instance_mask=True,
+    )
+    from_arrays = mapper(as_arrays)["instances"]
+    for anno, before in zip(as_arrays["annotations"], original["annotations"]):
+        for polygon, polygon_before in zip(anno["segmentation"], before["segmentation"]):
+            assert polygon.dtype == dtype and np.array_equal(polygon, polygon_before)
+    from_lists = mapper(as_lists)["instances"]
+    assert torch.equal(_raster(from_arrays), _raster(from_lists))
+
+
+def _raster(instances):
+    """The instances' polygon masks as a [N, H, W] bool tensor."""
+    return BitMasks.from_polygon_masks(instances.gt_masks, *instances.image_size).tensor
 
 
 def test_mapper_errors(shapes60, tmp_path):

@@ -160,6 +160,36 @@ def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path, small_shape
     assert trainer.scheduler.last_epoch == 12
 
 
+def test_adamw_is_fused_and_steps_like_the_per_tensor_loop(tmp_path, small_shapes):
+    """The fused AdamW gets detectron2's parameter groups and clipping, and updates the
+    parameters as torch's default AdamW with the same groups does."""
+    cfg = setup(_args(tmp_path, small_shapes, "SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SEED", "3"))
+    model = Trainer.build_model(cfg)
+    optimizer = Trainer.build_optimizer(cfg, model)
+    assert optimizer.defaults["fused"] is True
+    assert type(optimizer).__name__ == "AdamWWithGradientClip"
+    reference = torch.optim.AdamW(
+        [{**g, "params": list(g["params"])} for g in optimizer.param_groups], fused=False
+    )
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    grads = [p.grad.clone() for p in model.parameters()]
+    optimizer.step()
+    fused = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with torch.no_grad():
+        for (name, p), grad in zip(model.named_parameters(), grads):
+            p.copy_(start[name])
+            p.grad = grad
+    torch.nn.utils.clip_grad_value_(model.parameters(), cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE)
+    reference.step()
+    moved = 0
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fused[name], p.detach(), rtol=1e-5, atol=1e-7, msg=name)
+        moved += not torch.equal(fused[name], start[name])
+    assert moved == len(start)
+
+
 def test_two_cpu_processes_train_with_gloo(tmp_path, small_shapes):
     out = tmp_path / "ddp"
     args = _args(
