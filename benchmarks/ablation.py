@@ -68,6 +68,16 @@ VARIANTS = {
     # What the demo's IUQ config trains: the bank with every MODEL.IUQ.INTER key at its current
     # default (this one follows the defaults, on purpose), no equivariance views.
     "IUQ (defaults)": ["MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI],
+    # The defaults at a lower weight, and with the in-batch pixels of the other images sending
+    # gradient into the mask branch.
+    "IUQ (defaults, weight 0.1)": [
+        *("MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI),
+        *("MODEL.IUQ.INTER.LOSS_WEIGHT", "0.1"),
+    ],
+    "IUQ (defaults, entry grad)": [
+        *("MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI),
+        *("MODEL.IUQ.INTER.BATCH_ENTRY_GRAD", "True"),
+    ],
     # The same with foreign logits scored against the query's own-instance logit.
     "IUQ (defaults, own reference)": [
         *("MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI),

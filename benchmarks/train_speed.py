@@ -37,6 +37,15 @@ VARIANTS = {
         ]
         for q in (-1, 32, 64)
     },
+    # The convolutions' memory layout, whatever the config says (MODEL.CONDINST.CHANNELS_LAST).
+    **{
+        f"{name}_{layout}": [*VARIANTS_BASE, "MODEL.CONDINST.CHANNELS_LAST", str(last)]
+        for name, VARIANTS_BASE in (
+            ("condinst", ["MODEL.META_ARCHITECTURE", "CondInst"]),
+            ("bank", ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED", "False"]),
+        )
+        for layout, last in (("nchw", False), ("nhwc", True))
+    },
     "equi_paired": [
         *IUQ_VIEWS,
         "MODEL.IUQ.INTER.ENABLED",

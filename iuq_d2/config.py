@@ -84,6 +84,9 @@ def add_condinst_config(cfg: CN) -> None:
     # Alternatively keep the k best-scored positive locations per image, spread over its
     # instances; -1 disables. Mutually exclusive with MAX_PROPOSALS.
     _C.MODEL.CONDINST.TOPK_PROPOSALS_PER_IM = -1
+    # Run the convolutions (backbone, FPN, towers, mask branch) on channels-last tensors. The
+    # math is the same; oneDNN (CPU) and cuDNN (tensor cores) have faster kernels for that layout.
+    _C.MODEL.CONDINST.CHANNELS_LAST = False
 
     _C.MODEL.CONDINST.MASK_HEAD = CN()
     # Channels of the hidden layers of the dynamic mask head.

@@ -17,7 +17,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.datasets import load_coco_json
 from detectron2.evaluation import COCOEvaluator
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Boxes, BoxMode, Instances
 
 from iuq_d2.config import add_condinst_config, add_iuq_config
 from iuq_d2.data import (
@@ -532,6 +532,33 @@ def test_mapper_leaves_array_polygons_of_the_dataset_unchanged(shapes60, dtype):
             assert polygon.dtype == dtype and np.array_equal(polygon, polygon_before)
     from_lists = mapper(as_lists)["instances"]
     assert torch.equal(_raster(from_arrays), _raster(from_lists))
+
+
+def test_mapper_keeps_the_fractions_of_integer_coordinates(shapes60):
+    """detectron2 resizes the arrays it makes of a box and polygons in place, which truncates
+    integer coordinates; the mapper hands it floats."""
+    out_dir, _ = shapes60
+    d = load_coco_json_checked(
+        os.path.join(out_dir, "annotations.json"), os.path.join(out_dir, "images")
+    )[0]
+    h, w = d["height"], d["width"]
+    d = dict(d, annotations=[dict(d["annotations"][0])])
+    d["annotations"][0].update(
+        bbox=[3, 5, 10, 7],
+        bbox_mode=BoxMode.XYWH_ABS,
+        segmentation=[[3, 5, 13, 5, 13, 12, 3, 12]],
+    )
+    new_h, new_w = 3 * h // 2, 3 * w // 2
+    mapper = CondInstDatasetMapper(
+        True, augmentations=[T.Resize((new_h, new_w))], image_format="BGR", use_instance_mask=True
+    )
+    instances = mapper(d)["instances"]
+    sx, sy = new_w / w, new_h / h
+    expected = torch.tensor([[3 * sx, 5 * sy, 13 * sx, 12 * sy]])
+    torch.testing.assert_close(instances.gt_boxes.tensor, expected)
+    polygon = torch.as_tensor(instances.gt_masks.polygons[0][0]).reshape(-1, 2)
+    torch.testing.assert_close(polygon.min(0).values, expected[0, :2].double())
+    torch.testing.assert_close(polygon.max(0).values, expected[0, 2:].double())
 
 
 def _raster(instances):

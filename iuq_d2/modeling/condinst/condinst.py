@@ -67,6 +67,7 @@ class CondInst(nn.Module):
         max_proposals: int,
         topk_proposals_per_im: int,
         mask_threshold: float = 0.5,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -83,6 +84,9 @@ class CondInst(nn.Module):
         # Not buffers: AdelaiDet's checkpoints hold no pixel_mean/pixel_std.
         self._pixel_mean = torch.tensor(pixel_mean).view(-1, 1, 1)
         self._pixel_std = torch.tensor(pixel_std).view(-1, 1, 1)
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -115,6 +119,7 @@ class CondInst(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "max_proposals": condinst.MAX_PROPOSALS,
             "topk_proposals_per_im": condinst.TOPK_PROPOSALS_PER_IM,
+            "channels_last": condinst.CHANNELS_LAST,
         }
 
     @property
@@ -132,7 +137,10 @@ class CondInst(nn.Module):
         mean = self._pixel_mean.to(self.device)
         std = self._pixel_std.to(self.device)
         images = [(x["image"].to(self.device) - mean) / std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        images = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        if self.channels_last:
+            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+        return images
 
     def prepare_targets(self, batched_inputs: List[dict], images: ImageList) -> List[Instances]:
         """Move the ground truth to the device and rasterise its masks on the padded canvas:
