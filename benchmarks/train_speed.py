@@ -94,10 +94,12 @@ def measure(args) -> dict:
             scaler.update()
 
     times = []
-    with EventStorage():
+    with EventStorage() as storage:
         for batch in batches:
             step(batch)
+            storage.iter += 1  # as the trainer does: periodic logging keeps its period
         for batch in batches:
+            storage.iter += 1
             if on_cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
