@@ -68,8 +68,12 @@ VARIANTS = {
     # What the demo's IUQ config trains: the bank with every MODEL.IUQ.INTER key at its current
     # default (this one follows the defaults, on purpose), no equivariance views.
     "IUQ (defaults)": ["MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI],
-    # The defaults at a lower weight, and with the in-batch pixels of the other images sending
-    # gradient into the mask branch.
+    # The defaults at the earlier default weight and at a lower one, and with the in-batch
+    # pixels of the other images sending gradient into the mask branch.
+    "IUQ (defaults, weight 0.25)": [
+        *("MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI),
+        *("MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"),
+    ],
     "IUQ (defaults, weight 0.1)": [
         *("MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI),
         *("MODEL.IUQ.INTER.LOSS_WEIGHT", "0.1"),

@@ -142,11 +142,11 @@ def add_iuq_config(cfg: CN) -> None:
     _C.MODEL.IUQ.INTER = CN()
     _C.MODEL.IUQ.INTER.ENABLED = True
     # Weight of the inter-scene focal loss, reached linearly over WARMUP_ITERS iterations.
-    # 0.25: on the short ablation (README) weight 1 is below CondInst on shapes and level with
-    # it on cells, 0.25 level on shapes and above it on average on cells; neither margin is
-    # beyond the seed spread. At the full demo recipe the default bank is ~1 mask AP below
-    # CondInst on shapes (README, "The default IUQ config against CondInst").
-    _C.MODEL.IUQ.INTER.LOSS_WEIGHT = 0.25
+    # 0.1: at the full demo recipe (3 seeds, README "The default IUQ config against CondInst")
+    # weight 0.1 is level with CondInst on shapes and on cells, while 0.25 is below it on
+    # shapes (and 1 lower still on the short schedule). No weight measured is above CondInst
+    # beyond the seed spread: this is the least harmful one, not a demonstrated gain.
+    _C.MODEL.IUQ.INTER.LOSS_WEIGHT = 0.1
     _C.MODEL.IUQ.INTER.WARMUP_ITERS = 0
     # Focal loss parameters (the target is always 0: a negative pair).
     _C.MODEL.IUQ.INTER.FOCAL_ALPHA = 0.25
