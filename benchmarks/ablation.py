@@ -35,6 +35,8 @@ IUQ = [
 IUQ_VIEWS = IUQ + ["INPUT.DATASET_MAPPER_NAME", "iuq"]
 NO_BANK = ["MODEL.IUQ.INTER.ENABLED", "False"]
 NO_EQUI = ["MODEL.IUQ.EQUI.ENABLED", "False"]
+# The bank with every MODEL.IUQ.INTER key at its current default, no equivariance views.
+DEFAULT_BANK = ["MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI]
 EXTRA = ["MODEL.IUQ.EQUI.MODE", "extra"]
 INSTANCE_CENTERED = ["MODEL.IUQ.INTER.COORDS", "instance_centered"]
 FRESH = ["MODEL.IUQ.INTER.MAX_AGE_ITERS", "20"]
@@ -67,26 +69,12 @@ VARIANTS = {
     "CondInst": ["MODEL.META_ARCHITECTURE", "CondInst"],
     # What the demo's IUQ config trains: the bank with every MODEL.IUQ.INTER key at its current
     # default (this one follows the defaults, on purpose), no equivariance views.
-    "IUQ (defaults)": ["MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI],
-    # The defaults at the earlier default weight and at a lower one, and with the in-batch
-    # pixels of the other images sending gradient into the mask branch.
-    "IUQ (defaults, weight 0.25)": [
-        *("MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI),
-        *("MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"),
-    ],
-    "IUQ (defaults, weight 0.1)": [
-        *("MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI),
-        *("MODEL.IUQ.INTER.LOSS_WEIGHT", "0.1"),
-    ],
-    "IUQ (defaults, entry grad)": [
-        *("MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI),
-        *("MODEL.IUQ.INTER.BATCH_ENTRY_GRAD", "True"),
-    ],
+    "IUQ (defaults)": DEFAULT_BANK,
+    # The defaults at the earlier default weight and at a lower one.
+    "IUQ (defaults, weight 0.25)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
+    "IUQ (defaults, weight 0.1)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.1"],
     # The same with foreign logits scored against the query's own-instance logit.
-    "IUQ (defaults, own reference)": [
-        *("MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI),
-        *("MODEL.IUQ.INTER.REFERENCE", "own"),
-    ],
+    "IUQ (defaults, own reference)": DEFAULT_BANK + ["MODEL.IUQ.INTER.REFERENCE", "own"],
     "+bank": IUQ + NO_EQUI,
     "+equivariance": IUQ_VIEWS + NO_BANK + equi_weights(3.0, 1.0),
     "+bank +equivariance": IUQ_VIEWS + equi_weights(3.0, 1.0),

@@ -25,25 +25,24 @@ import time
 
 # IUQCondInst with the mapper that makes the equivariance views.
 IUQ_VIEWS = ["MODEL.META_ARCHITECTURE", "IUQCondInst", "INPUT.DATASET_MAPPER_NAME", "iuq"]
+CONDINST = ["MODEL.META_ARCHITECTURE", "CondInst"]
+BANK = ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED", "False"]
 # Config overrides of each variant, applied after the config file and --opts.
 VARIANTS = {
-    "condinst": ["MODEL.META_ARCHITECTURE", "CondInst"],
-    "bank": ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED", "False"],
+    "condinst": CONDINST,
+    "bank": BANK,
     # The bank with every query evaluated and with at most 32 / 64 of them per step.
     **{
         f"bank_q{'all' if q < 0 else q}": [
-            *("MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED", "False"),
+            *BANK,
             *("MODEL.IUQ.INTER.MAX_QUERIES", str(q)),
         ]
         for q in (-1, 32, 64)
     },
     # The convolutions' memory layout, whatever the config says (MODEL.CONDINST.CHANNELS_LAST).
     **{
-        f"{name}_{layout}": [*VARIANTS_BASE, "MODEL.CONDINST.CHANNELS_LAST", str(last)]
-        for name, VARIANTS_BASE in (
-            ("condinst", ["MODEL.META_ARCHITECTURE", "CondInst"]),
-            ("bank", ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED", "False"]),
-        )
+        f"{name}_{layout}": [*base, "MODEL.CONDINST.CHANNELS_LAST", str(last)]
+        for name, base in (("condinst", CONDINST), ("bank", BANK))
         for layout, last in (("nchw", False), ("nhwc", True))
     },
     "equi_paired": [

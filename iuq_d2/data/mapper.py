@@ -19,8 +19,8 @@ def _copy_for_transform(annotation: Dict[str, Any]) -> Dict[str, Any]:
     That function assigns new values to the dict's keys, but flips and resizes the arrays it
     makes of the box, polygons and keypoints in place. An array of the dataset would change,
     and integer coordinates (a json that stores them as ints) would be truncated at every
-    transform. A ``copy.deepcopy`` instead copied every coordinate as a Python object: ~2 ms
-    an image on the demo, a third of its data loading time.
+    transform. A ``copy.deepcopy`` instead copied every coordinate as a Python object (a third
+    of the demo's data loading time under cProfile, which inflates Python-heavy code).
     """
     annotation = dict(annotation)
     annotation["bbox"] = [float(x) for x in annotation["bbox"]]  # BoxMode.convert takes lists
