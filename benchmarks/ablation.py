@@ -50,6 +50,8 @@ ENTRY_GRAD = [
 ]
 PER_IMAGE = ["MODEL.IUQ.INTER.NORMALIZATION", "query_image"]
 OFF_FOOTPRINT = ["MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT", "True"]
+# The foreign pixels join each query's dice denominator; LOSS_WEIGHT is then in other images.
+DICE_FORM = ["MODEL.IUQ.INTER.LOSS_FORM", "dice"]
 # Embedded datasets: (train, val, number of classes).
 DATASETS = {"shapes": ("shapes_train", "shapes_val", 4), "cells": ("cells_train", "cells_val", 2)}
 
@@ -75,6 +77,8 @@ VARIANTS = {
     "IUQ (defaults, weight 0.1)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.1"],
     # The same with foreign logits scored against the query's own-instance logit.
     "IUQ (defaults, own reference)": DEFAULT_BANK + ["MODEL.IUQ.INTER.REFERENCE", "own"],
+    "IUQ (dice form, 1 image)": DEFAULT_BANK + DICE_FORM + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],
+    "IUQ (dice form, 4 images)": DEFAULT_BANK + DICE_FORM + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "4.0"],
     "+bank": IUQ + NO_EQUI,
     "+equivariance": IUQ_VIEWS + NO_BANK + equi_weights(3.0, 1.0),
     "+bank +equivariance": IUQ_VIEWS + equi_weights(3.0, 1.0),

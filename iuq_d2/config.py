@@ -201,6 +201,12 @@ def add_iuq_config(cfg: CN) -> None:
     # ("overlay"), falls on the query's own ground-truth instance, where the mask loss asks the
     # query to fire (needs NORMALIZATION "pairs"; not fused: runs on the tiled path).
     _C.MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT = False
+    # "focal": the paper's focal loss of every (query, foreign pixel) pair against 0, times
+    # LOSS_WEIGHT. "dice" (ours): each query's mean squared probability on the foreign pixels,
+    # times the entries one image holds, joins the denominator of its own dice loss, LOSS_WEIGHT
+    # images' worth (1 is one other image), so it cannot trade its own mask for silence
+    # elsewhere (docs/method.md). Computed in plain PyTorch ([Q, hidden, N] tensors).
+    _C.MODEL.IUQ.INTER.LOSS_FORM = "focal"
 
     # Equivariance: every training image I gets a view g(I) (aligned crop, optional horizontal
     # flip, rescale), made in the dataset mapper before padding so that g is known exactly.

@@ -11,7 +11,7 @@ from detectron2.utils.events import EventStorage
 from iuq_d2.engine import AtomicCheckpointer
 from iuq_d2.layers import dynamic_mlp, parse_dynamic_params
 from iuq_d2.layers.dense_mask_head import reference_dense_mask_logits
-from iuq_d2.layers.inter_scene import inter_scene_focal_loss
+from iuq_d2.layers.inter_scene import inter_scene_focal_loss, inter_scene_mean_sq_prob
 from iuq_d2.modeling.iuq import BankEntries, QueryBank
 from iuq_d2.strip_checkpoint import main as strip_main
 from iuq_d2.strip_checkpoint import strip_checkpoint
@@ -540,3 +540,119 @@ def test_gradient_balance_is_logged_without_touching_parameter_grads():
     assert all(p.grad is None for p in model.parameters())
     assert latest["iuq/grad_ctrl/loss_mask"][0] > 0 and latest["iuq/grad_ctrl/loss_inter"][0] > 0
     assert latest["iuq/grad_feat/loss_mask"][0] > 0 and latest["iuq/grad_feat/loss_inter"][0] > 0
+
+
+def _hand_mean_sq_prob(params, rel, feats, shapes):
+    """Per query, the mean squared probability over its valid pairs, by a loop over pairs."""
+    weights, biases = parse_dynamic_params(params, shapes)
+    out = []
+    for q in range(params.shape[0]):
+        values = []
+        for n in range(feats.shape[0]):
+            if rel[q][n] is None:
+                continue
+            x = torch.cat([rel[q][n], feats[n]])[None, :, None]
+            one = [w[q : q + 1] for w in weights], [b[q : q + 1] for b in biases]
+            values.append(torch.sigmoid(dynamic_mlp(x, *one)[0, 0, 0]) ** 2)
+        out.append(torch.stack(values).mean() if values else params.new_zeros(()))
+    return torch.stack(out)
+
+
+def test_mean_squared_probability_by_hand():
+    torch.manual_seed(0)
+    shapes = [(8, 5), (8, 8), (1, 8)]
+    params = torch.randn(3, sum(o * i + o for o, i in shapes))
+    q_anchor = torch.tensor([[10.0, 20.0], [30.0, 5.0], [0.0, 0.0]])
+    soi = torch.tensor([64.0, 128.0, 64.0])
+    q_img = torch.tensor([0, 1, 7])
+    feats = torch.randn(4, 3)
+    p_anchor = torch.randn(4, 2) * 50
+    p_img = torch.tensor([0, 1, 7, 7])
+    mean_sq, stats = inter_scene_mean_sq_prob(
+        params, q_anchor, soi, q_img, feats, p_anchor, p_img, shapes
+    )
+    rel = [
+        [None if p_img[n] == q_img[q] else (q_anchor[q] - p_anchor[n]) / soi[q] for n in range(4)]
+        for q in range(3)
+    ]
+    assert stats.num_pairs.item() == 3 + 3 + 2
+    torch.testing.assert_close(mean_sq, _hand_mean_sq_prob(params, rel, feats, shapes))
+
+
+def _dice_form_model(**overrides):
+    return build_model(
+        iuq_config(
+            **{
+                "MODEL.IUQ.INTER.LOSS_FORM": "dice",
+                "MODEL.IUQ.INTER.NUM_NEGATIVES": 0,  # in-batch entries only: known by hand
+                **overrides,
+            }
+        )
+    )
+
+
+def test_dice_form_puts_the_foreign_mass_into_each_query_dice_denominator():
+    torch.manual_seed(0)
+    model = _dice_form_model(**{"MODEL.IUQ.INTER.LOSS_WEIGHT": 2.0})
+    _, gt = _prepared(model, _two_image_batch())
+    feats = torch.randn(2, model.mask_branch.out_channels, 14, 16)
+    queries = _queries_on_instances(model, [1, 2, 0], [[80, 60], [20, 20], [30, 40]], [0, 1, 0])
+    inter, union = torch.tensor([3.0, 1.0, 0.5]), torch.tensor([9.0, 4.0, 6.0])
+    torch.manual_seed(1)
+    with EventStorage():
+        loss = model.inter_scene(feats, queries, gt, torch.tensor([0, 1]), 0, (inter, union))
+    torch.manual_seed(1)  # the same cells
+    local, _ = model.inter_scene.collect(feats, gt, torch.tensor([0, 1]))
+    soi = model.mask_head.sizes_of_interest.float()[queries.fpn_levels]
+    rel = [
+        [
+            None
+            if local.image_ids[n] == queries.im_inds[q]
+            else (queries.locations[q] - local.positions[n]) / soi[q]
+            for n in range(len(local))
+        ]
+        for q in range(3)
+    ]
+    mean_sq = _hand_mean_sq_prob(
+        queries.mask_head_params, rel, local.feats, model.mask_head.layer_shapes
+    )
+    # 2 images' worth of 3 instances x 6 entries over 2 images; an entry is a stride-8 cell,
+    # (8 / 4)^2 mask pixels.
+    foreign = 2.0 * (18 / 2) * 4 * mean_sq
+    expected = ((2 * inter / (union + 1e-5)) - 2 * inter / (union + foreign + 1e-5)).mean()
+    torch.testing.assert_close(loss["loss_inter"], expected)
+
+
+def test_dice_form_never_pushes_a_query_own_mask_down():
+    """With a subset of the queries evaluated, loss_mask + loss_inter is still every query's
+    dice (with foreign pixels for the evaluated ones): its gradient raises every numerator."""
+    torch.manual_seed(0)
+    model = _dice_form_model(**{"MODEL.IUQ.INTER.MAX_QUERIES": 2})
+    _, gt = _prepared(model, _two_image_batch())
+    feats = torch.randn(2, model.mask_branch.out_channels, 14, 16)
+    queries = _queries_on_instances(model, [1, 2, 0], [[80, 60], [20, 20], [30, 40]], [0, 1, 0])
+    queries.mask_head_params.data[:, -1] += 4.0  # firing everywhere: a large foreign mass
+    inter = torch.tensor([3.0, 1.0, 0.5], requires_grad=True)
+    union = torch.tensor([9.0, 4.0, 6.0], requires_grad=True)
+    with EventStorage():
+        loss_inter = model.inter_scene(feats, queries, gt, torch.tensor([0, 1]), 0, (inter, union))
+    loss_mask = (1 - 2 * inter / (union + 1e-5)).mean()
+    assert loss_inter["loss_inter"] > 0.01
+    (loss_mask + loss_inter["loss_inter"]).backward()
+    assert (inter.grad < 0).all() and (union.grad > 0).all()
+    assert (queries.mask_head_params.grad.abs().sum(dim=1) > 0).sum() == 2
+
+
+def test_dice_form_trains_and_is_checked_at_build_time():
+    torch.manual_seed(0)
+    model = _dice_form_model(**{"MODEL.IUQ.INTER.NUM_NEGATIVES": 4096})
+    with EventStorage():
+        model(_two_image_batch())
+        losses = model(_two_image_batch())
+    assert losses["loss_inter"] >= 0 and torch.isfinite(losses["loss_inter"])
+    sum(losses.values()).backward()
+    assert model.controller.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="MODEL.IUQ.INTER.LOSS_FORM"):
+        build_model(iuq_config(**{"MODEL.IUQ.INTER.LOSS_FORM": "l1"}))
+    with pytest.raises(ValueError, match="LOSS_FORM 'dice' takes the default REFERENCE"):
+        _dice_form_model(**{"MODEL.IUQ.INTER.REFERENCE": "own"})

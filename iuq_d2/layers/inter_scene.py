@@ -122,6 +122,61 @@ def focal_loss_target0(logits: Tensor, alpha: float, gamma: float) -> Tensor:
     return (1.0 - alpha) * logits.sigmoid().pow(gamma) * F.softplus(logits)
 
 
+def reference_pair_logits(
+    params: Tensor,
+    query_anchors: Tensor,
+    query_soi: Tensor,
+    pixel_feats: Tensor,
+    pixel_anchors: Tensor,
+    layer_shapes: Sequence[Tuple[int, int]],
+    use_rel_coords: bool = True,
+) -> Tensor:
+    """[Q, N] float32 logit of every query on every entry, through [Q, hidden, N] tensors."""
+    dtype = params.dtype
+    weights, biases = fold_dynamic_params(
+        params, query_anchors, query_soi, layer_shapes, use_rel_coords, dtype
+    )
+    inputs = entry_inputs(pixel_feats, pixel_anchors, use_rel_coords, dtype)
+    num_queries, hidden = weights[0].shape[:2]
+    w0, b0 = weights[0], biases[0]
+    x = torch.addmm(b0.reshape(-1, 1), w0.reshape(num_queries * hidden, w0.shape[2]), inputs.t())
+    x = x.view(num_queries, hidden, inputs.shape[0])
+    for w, b in zip(weights[1:], biases[1:]):
+        x = torch.bmm(w, F.relu(x)).add_(b[:, :, None])
+    return x[:, 0, :].float()
+
+
+def inter_scene_mean_sq_prob(
+    params: Tensor,
+    query_anchors: Tensor,
+    query_soi: Tensor,
+    query_images: Tensor,
+    pixel_feats: Tensor,
+    pixel_anchors: Tensor,
+    pixel_images: Tensor,
+    layer_shapes: Sequence[Tuple[int, int]],
+    use_rel_coords: bool = True,
+) -> Tuple[Tensor, InterSceneStats]:
+    """[Q] mean over the entries of other images of each query's squared probability: the
+    per-pixel term that the dice loss's denominator holds, for the dice form of the loss.
+
+    Arguments as ``inter_scene_focal_loss``; differentiable in ``params`` and in entry
+    features that require grad. A query without a valid entry gets 0. Plain PyTorch: the
+    [Q, hidden, N] intermediates are kept.
+    """
+    logits = reference_pair_logits(
+        params, query_anchors, query_soi, pixel_feats, pixel_anchors, layer_shapes, use_rel_coords
+    )
+    valid = query_images[:, None] != pixel_images[None, :]
+    counts = valid.sum(dim=1)
+    probs = logits.sigmoid()
+    mean_sq = (probs.square() * valid).sum(dim=1) / counts.clamp(min=1)
+    with torch.no_grad():
+        num_pairs = counts.sum()
+        firing = ((probs > 0.5) & valid).sum().float() / num_pairs.clamp(min=1)
+    return mean_sq, InterSceneStats(num_pairs, firing)
+
+
 def reference_inter_scene_focal_loss(
     params: Tensor,
     query_anchors: Tensor,
@@ -138,19 +193,9 @@ def reference_inter_scene_focal_loss(
     pair_mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, InterSceneStats]:
     """The PyTorch graph the fused paths are tested against; keeps [Q, hidden, N] tensors."""
-    dtype = params.dtype
-    weights, biases = fold_dynamic_params(
-        params, query_anchors, query_soi, layer_shapes, use_rel_coords, dtype
+    logits = reference_pair_logits(
+        params, query_anchors, query_soi, pixel_feats, pixel_anchors, layer_shapes, use_rel_coords
     )
-    inputs = entry_inputs(pixel_feats, pixel_anchors, use_rel_coords, dtype)
-    num_queries, hidden = weights[0].shape[:2]
-    w0, b0 = weights[0], biases[0]
-    x = torch.addmm(b0.reshape(-1, 1), w0.reshape(num_queries * hidden, w0.shape[2]), inputs.t())
-    x = x.view(num_queries, hidden, inputs.shape[0])
-    for w, b in zip(weights[1:], biases[1:]):
-        x = torch.bmm(w, F.relu(x)).add_(b[:, :, None])
-    logits = x[:, 0, :].float()  # [Q, N]
-
     qw, pw, num_pairs = inter_scene_weights(
         query_images, pixel_images, normalization, pair_mask=pair_mask
     )

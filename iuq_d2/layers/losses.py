@@ -1,23 +1,37 @@
 """Losses shared by the FCOS head, the CondInst mask head and the IUQ terms."""
 
+from typing import Tuple
+
 import torch
 from torch import Tensor
 
+DICE_EPS = 1e-5
 
-def dice_loss(probs: Tensor, targets: Tensor, eps: float = 1e-5) -> Tensor:
-    """Per-instance dice loss ``1 - 2|x*t| / (|x|^2 + |t|^2)``.
+
+def dice_terms(probs: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-instance numerator ``|x*t|`` and denominator ``|x|^2 + |t|^2`` of the dice loss,
+    for losses that add to the denominator (IUQ's dice-form inter-scene loss).
 
     Args:
         probs: [N, ...] mask probabilities.
         targets: [N, ...] binary targets of the same shape.
     Returns:
-        [N] losses, computed in float32 so that AMP cannot overflow the sums.
+        two [N] tensors, computed in float32 so that AMP cannot overflow the sums.
     """
     probs = probs.flatten(1).float()
     targets = targets.flatten(1).float()
     inter = (probs * targets).sum(dim=1)
     union = (probs * probs).sum(dim=1) + (targets * targets).sum(dim=1)
+    return inter, union
+
+
+def dice_from_terms(inter: Tensor, union: Tensor, eps: float = DICE_EPS) -> Tensor:
     return 1.0 - 2.0 * inter / (union + eps)
+
+
+def dice_loss(probs: Tensor, targets: Tensor, eps: float = DICE_EPS) -> Tensor:
+    """[N] per-instance dice loss ``1 - 2|x*t| / (|x|^2 + |t|^2)`` (see ``dice_terms``)."""
+    return dice_from_terms(*dice_terms(probs, targets), eps)
 
 
 def ltrb_iou_loss(pred: Tensor, target: Tensor, loss_type: str = "giou") -> Tensor:

@@ -11,7 +11,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from torch import Tensor, nn
 
-from ...layers.losses import dice_loss
+from ...layers.losses import dice_from_terms, dice_terms
 from ...layers.upsample import aligned_bilinear
 from .dynamic_mask_head import DynamicMaskHead
 from .mask_branch import MaskBranch
@@ -24,6 +24,8 @@ class CondInstTrainOutputs:
     losses: Dict[str, Tensor]
     mask_feats: Tensor  # [N, C, H/8, W/8], the representation F
     queries: Instances  # the positives that trained the mask head (see CondInst.sample_queries)
+    # Per query, the numerator and denominator of its dice loss (None without queries).
+    mask_dice: Optional[Tuple[Tensor, Tensor]] = None
 
 
 def topk_per_instance(positives: Instances, num_images: int, k: int) -> Instances:
@@ -191,9 +193,14 @@ class CondInst(nn.Module):
         )
         losses.update(fcos_losses)
         queries = self.sample_queries(positives, gt_instances)
-        losses["loss_mask"] = self.mask_loss(mask_feats, queries, gt_instances)
+        mask_dice = None
+        if len(queries) == 0:
+            losses["loss_mask"] = self.mask_loss(mask_feats, queries, gt_instances)
+        else:
+            mask_dice = self.mask_dice_terms(mask_feats, queries, gt_instances)
+            losses["loss_mask"] = dice_from_terms(*mask_dice).mean()
         self.mask_head._iter += 1
-        return CondInstTrainOutputs(losses, mask_feats, queries)
+        return CondInstTrainOutputs(losses, mask_feats, queries, mask_dice)
 
     def sample_queries(self, positives: Instances, gt_instances: List[Instances]) -> Instances:
         """The positives whose dynamic heads the mask loss trains: all of them, a random subset
@@ -225,6 +232,18 @@ class CondInst(nn.Module):
         if len(queries) == 0:
             # Keep every parameter in the graph so DDP's gradient reduction stays in step.
             return mask_feats.sum() * 0.0 + queries.mask_head_params.sum() * 0.0
+        return dice_from_terms(
+            *self.mask_dice_terms(mask_feats, queries, gt_instances, valid)
+        ).mean()
+
+    def mask_dice_terms(
+        self,
+        mask_feats: Tensor,
+        queries: Instances,
+        gt_instances: List[Instances],
+        valid: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """Per query, the numerator and denominator of its dice loss (``dice_terms``)."""
         logits = self.mask_head(mask_feats, self.mask_branch.out_stride, queries)
         probs = logits.sigmoid()
         gt_masks = torch.cat([x.gt_bitmasks for x in gt_instances])[queries.gt_inds].unsqueeze(1)
@@ -237,7 +256,7 @@ class CondInst(nn.Module):
             )
             cells = cells.unsqueeze(1).to(probs.dtype)
             probs, gt_masks = probs * cells, gt_masks * cells
-        return dice_loss(probs, gt_masks).mean()
+        return dice_terms(probs, gt_masks)
 
     def inference(self, batched_inputs: List[dict], do_postprocess: bool = True):
         images = self.preprocess_image(batched_inputs)

@@ -2,17 +2,24 @@
 on the instance pixels of other images, from this global batch and from the query bank."""
 
 import zlib
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
 from detectron2.structures import Instances
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
 from ...layers import dynamic_mlp
 from ...layers.cell_centers import fcos_cell_center
-from ...layers.inter_scene import entry_inputs, fold_dynamic_params, inter_scene_focal_loss
+from ...layers.inter_scene import (
+    entry_inputs,
+    fold_dynamic_params,
+    inter_scene_focal_loss,
+    inter_scene_mean_sq_prob,
+)
+from ...layers.losses import dice_from_terms
 from ...utils.comm import all_gather_rows
 from ..condinst.dynamic_mask_head import DynamicMaskHead
 from .query_bank import BankEntries, QueryBank
@@ -20,6 +27,7 @@ from .query_bank import BankEntries, QueryBank
 COORD_MODES = ("instance_centered", "overlay")
 NORMALIZATIONS = ("pairs", "query_image")
 REFERENCES = ("zero", "own")
+LOSS_FORMS = ("focal", "dice")
 
 
 def image_ids_of(batched_inputs: List[dict], device: torch.device) -> Tensor:
@@ -94,6 +102,12 @@ class InterSceneCriterion(nn.Module):
     evaluated against them. With ``batch_entry_grad`` the pixels of this process's other
     images stay attached to the mask branch, so the representation, not only the queries, is
     trained to tell instances of different images apart.
+
+    ``loss_form`` "focal" is the paper's: a focal loss of every pair against 0, weighted by
+    ``weight``. "dice" instead adds each query's firing on the foreign pixels to the
+    denominator of its own dice loss, as ``weight`` other images' worth of background, so the
+    foreign pixels are penalised in the currency of the mask loss and the query cannot buy
+    silence there with its own object's logits: lowering them lowers its dice too.
     """
 
     @configurable
@@ -121,6 +135,8 @@ class InterSceneCriterion(nn.Module):
         impl: str,
         detach_output_bias: bool = False,
         exclude_own_footprint: bool = False,
+        loss_form: str = "focal",
+        mask_out_stride: int = 4,
     ):
         super().__init__()
         self.bank = bank
@@ -144,6 +160,8 @@ class InterSceneCriterion(nn.Module):
         self.impl = impl
         self.detach_output_bias = detach_output_bias
         self.exclude_own_footprint = exclude_own_footprint
+        self.loss_form = loss_form
+        self.mask_out_stride = mask_out_stride
 
     @classmethod
     def from_config(cls, cfg, mask_head: DynamicMaskHead, feat_channels: int, feat_stride: int):
@@ -173,6 +191,22 @@ class InterSceneCriterion(nn.Module):
                 "MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT needs COORDS 'overlay' and NORMALIZATION "
                 f"'pairs', got {inter.COORDS!r} and {inter.NORMALIZATION!r}"
             )
+        if inter.LOSS_FORM not in LOSS_FORMS:
+            raise ValueError(
+                f"MODEL.IUQ.INTER.LOSS_FORM must be one of {LOSS_FORMS}, got {inter.LOSS_FORM!r}"
+            )
+        if inter.LOSS_FORM == "dice" and (
+            inter.REFERENCE != "zero"
+            or inter.NORMALIZATION != "pairs"
+            or inter.EXCLUDE_OWN_FOOTPRINT
+            or inter.DETACH_OUTPUT_BIAS
+        ):
+            raise ValueError(
+                "MODEL.IUQ.INTER.LOSS_FORM 'dice' takes the default REFERENCE ('zero'), "
+                "NORMALIZATION ('pairs'), EXCLUDE_OWN_FOOTPRINT and DETACH_OUTPUT_BIAS (False), "
+                f"got {inter.REFERENCE!r}, {inter.NORMALIZATION!r}, "
+                f"{inter.EXCLUDE_OWN_FOOTPRINT}, {inter.DETACH_OUTPUT_BIAS}"
+            )
         for key in ("PIXELS_PER_INSTANCE", "NUM_NEGATIVES"):
             if inter[key] < 0:
                 raise ValueError(f"MODEL.IUQ.INTER.{key} must be >= 0, got {inter[key]}")
@@ -198,6 +232,8 @@ class InterSceneCriterion(nn.Module):
             "impl": inter.IMPL,
             "detach_output_bias": inter.DETACH_OUTPUT_BIAS,
             "exclude_own_footprint": inter.EXCLUDE_OWN_FOOTPRINT,
+            "loss_form": inter.LOSS_FORM,
+            "mask_out_stride": mask_head.mask_out_stride,
         }
 
     def warmup_factor(self, iteration: int) -> float:
@@ -299,9 +335,12 @@ class InterSceneCriterion(nn.Module):
         gt_instances: List[Instances],
         image_ids: Tensor,
         iteration: int,
+        mask_dice: Optional[Tuple[Tensor, Tensor]] = None,
     ) -> Dict[str, Tensor]:
         """``loss_inter`` of the queries against bank samples and this global batch's instance
-        pixels; afterwards the batch's pixels join the bank."""
+        pixels; afterwards the batch's pixels join the bank. The dice form needs the terms of
+        the queries' dice losses (``CondInstTrainOutputs.mask_dice``)."""
+        num_queries = len(queries)
         local, instances = self.collect(
             mask_feats, gt_instances, image_ids, with_grad=self.batch_entry_grad
         )
@@ -318,9 +357,11 @@ class InterSceneCriterion(nn.Module):
         if 0 <= self.max_batch_entries < len(evaluated):
             keep = torch.randperm(len(evaluated), device="cpu")[: self.max_batch_entries]
             evaluated = evaluated[keep.to(mask_feats.device)]
-        if 0 <= self.max_queries < len(queries):
-            keep = torch.randperm(len(queries), device="cpu")[: self.max_queries]
-            queries = queries[keep.to(mask_feats.device)]
+        query_index = torch.arange(num_queries, device=mask_feats.device)
+        if 0 <= self.max_queries < num_queries:
+            keep = torch.randperm(num_queries, device="cpu")[: self.max_queries]
+            query_index = keep.to(mask_feats.device)
+            queries = queries[query_index]
         if self.reference == "own":
             num_instances = sum(len(x) for x in gt_instances)
             own_logit, has_own = self.own_logits(queries, local, instances, num_instances)
@@ -351,7 +392,7 @@ class InterSceneCriterion(nn.Module):
         if self.detach_output_bias:
             # The last number of a query's parameters is its output bias (biases come last).
             params = torch.cat([params[:, :-1], params[:, -1:].detach()], dim=1)
-        loss, stats = inter_scene_focal_loss(
+        pair_args = (
             params,
             query_anchors,
             soi,
@@ -360,13 +401,25 @@ class InterSceneCriterion(nn.Module):
             pixel_anchors,
             negatives.image_ids,
             self.layer_shapes,
-            use_rel_coords=self.use_rel_coords,
-            alpha=self.alpha,
-            gamma=self.gamma,
-            normalization=self.normalization,
-            impl=self.impl,
-            pair_mask=pair_mask,
         )
+        scale = self.weight * self.warmup_factor(iteration)
+        if self.loss_form == "dice":
+            mean_sq, stats = inter_scene_mean_sq_prob(*pair_args, self.use_rel_coords)
+            per_image = len(current) / (len(gt_instances) * comm.get_world_size())
+            loss = self.dice_form_loss(
+                mean_sq * (scale * per_image), mask_dice, query_index, num_queries
+            )
+        else:
+            loss, stats = inter_scene_focal_loss(
+                *pair_args,
+                use_rel_coords=self.use_rel_coords,
+                alpha=self.alpha,
+                gamma=self.gamma,
+                normalization=self.normalization,
+                impl=self.impl,
+                pair_mask=pair_mask,
+            )
+            loss = loss * scale
         self.bank.enqueue(current, iteration)
 
         storage = get_event_storage()
@@ -380,4 +433,25 @@ class InterSceneCriterion(nn.Module):
         if len(ages) > 0:
             storage.put_scalar("iuq/bank_age_mean", ages.float().mean().item())
             storage.put_scalar("iuq/bank_age_max", ages.max().item())
-        return {"loss_inter": loss * self.weight * self.warmup_factor(iteration)}
+        return {"loss_inter": loss}
+
+    def dice_form_loss(
+        self,
+        foreign: Tensor,
+        mask_dice: Optional[Tuple[Tensor, Tensor]],
+        query_index: Tensor,
+        num_queries: int,
+    ) -> Tensor:
+        """What the foreign pixels add to the mask loss: the evaluated queries' dice with
+        ``foreign`` ([Q], a mean squared probability times the entries it stands for) in the
+        denominator, minus their plain dice, summed and divided by all queries, so that
+        ``loss_mask + loss_inter`` is exactly the mean dice with foreign pixels for them.
+
+        An entry is one stride-``feat_stride`` cell, that many mask pixels squared.
+        """
+        if mask_dice is None:
+            return foreign.sum() * 0.0
+        inter, union = mask_dice[0][query_index], mask_dice[1][query_index]
+        cell_area = (self.feat_stride / self.mask_out_stride) ** 2
+        joint = dice_from_terms(inter, union + foreign * cell_area)
+        return (joint - dice_from_terms(inter, union)).sum() / num_queries

@@ -92,6 +92,7 @@ class IUQCondInst(CondInst):
                     gt_instances,
                     image_ids_of(inputs, self.device),
                     iteration,
+                    outputs.mask_dice,
                 )
             )
         if self.gradient_log_period > 0 and iteration % self.gradient_log_period == 0:
