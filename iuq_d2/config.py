@@ -97,7 +97,8 @@ def add_condinst_config(cfg: CN) -> None:
     _C.MODEL.CONDINST.MASK_HEAD.DISABLE_REL_COORDS = False
     # Implementation of the head on whole feature maps (iuq_d2.layers.dense_mask_head): "auto"
     # (the Triton kernels on CUDA, the tiled path elsewhere), "triton", "tiled" or "reference"
-    # (AdelaiDet's math: a copy of the features per query and all activations kept).
+    # (AdelaiDet's math: a copy of the features per query and all activations kept). All but
+    # "reference" also score the mask loss over chunks of queries (iuq_d2.layers.mask_dice).
     _C.MODEL.CONDINST.MASK_HEAD.IMPL = "auto"
 
     _C.MODEL.CONDINST.MASK_BRANCH = CN()

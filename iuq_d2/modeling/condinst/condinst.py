@@ -11,7 +11,8 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from torch import Tensor, nn
 
-from ...layers.losses import dice_from_terms, dice_terms
+from ...layers.losses import dice_from_terms
+from ...layers.mask_dice import chunked_upsampled_dice_terms, upsampled_dice_terms
 from ...layers.upsample import aligned_bilinear
 from .dynamic_mask_head import DynamicMaskHead
 from .mask_branch import MaskBranch
@@ -243,20 +244,26 @@ class CondInst(nn.Module):
         gt_instances: List[Instances],
         valid: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
-        """Per query, the numerator and denominator of its dice loss (``dice_terms``)."""
-        logits = self.mask_head(mask_feats, self.mask_branch.out_stride, queries)
-        probs = logits.sigmoid()
-        gt_masks = torch.cat([x.gt_bitmasks for x in gt_instances])[queries.gt_inds].unsqueeze(1)
-        if valid is not None:
-            factor = probs.shape[-1] // valid.shape[-1]
-            cells = (
-                valid[queries.im_inds]
-                .repeat_interleave(factor, dim=1)
-                .repeat_interleave(factor, dim=2)
-            )
-            cells = cells.unsqueeze(1).to(probs.dtype)
-            probs, gt_masks = probs * cells, gt_masks * cells
-        return dice_terms(probs, gt_masks)
+        """Per query, the numerator and denominator of its dice loss (``dice_terms``).
+
+        Only the "reference" head keeps every query's stride-4 maps for the backward; the
+        others score the queries in chunks (``chunked_upsampled_dice_terms``): the same
+        numbers, a fraction of the memory."""
+        stride = self.mask_branch.out_stride
+        logits = self.mask_head.feature_stride_logits(mask_feats, stride, queries)
+        terms = (
+            upsampled_dice_terms
+            if self.mask_head.impl == "reference"
+            else chunked_upsampled_dice_terms
+        )
+        return terms(
+            logits,
+            stride // self.mask_head.mask_out_stride,
+            torch.cat([x.gt_bitmasks for x in gt_instances]),
+            queries.gt_inds,
+            valid,
+            queries.im_inds,
+        )
 
     def inference(self, batched_inputs: List[dict], do_postprocess: bool = True):
         images = self.preprocess_image(batched_inputs)

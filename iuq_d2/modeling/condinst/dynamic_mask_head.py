@@ -68,7 +68,14 @@ class DynamicMaskHead(nn.Module):
         """Mask logits [Q, 1, H', W'] at ``mask_out_stride`` for the queries (fields
         ``mask_head_params``, ``locations``, ``fpn_levels``, ``im_inds``) on mask_feats
         [N, C, H, W] of stride ``mask_feat_stride``."""
-        logits = dense_mask_logits(
+        logits = self.feature_stride_logits(mask_feats, mask_feat_stride, queries)
+        return aligned_bilinear(logits, mask_feat_stride // self.mask_out_stride)
+
+    def feature_stride_logits(
+        self, mask_feats: Tensor, mask_feat_stride: int, queries: Instances
+    ) -> Tensor:
+        """The logits of ``forward`` before upsampling: [Q, 1, H, W] at the features' stride."""
+        return dense_mask_logits(
             mask_feats,
             queries.mask_head_params,
             queries.im_inds,
@@ -79,4 +86,3 @@ class DynamicMaskHead(nn.Module):
             use_rel_coords=not self.disable_rel_coords,
             impl=self.impl,
         )
-        return aligned_bilinear(logits, mask_feat_stride // self.mask_out_stride)
