@@ -77,8 +77,9 @@ VARIANTS = {
     "IUQ (defaults, weight 0.1)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.1"],
     # The same with foreign logits scored against the query's own-instance logit.
     "IUQ (defaults, own reference)": DEFAULT_BANK + ["MODEL.IUQ.INTER.REFERENCE", "own"],
+    "IUQ (defaults, off own footprint)": DEFAULT_BANK + OFF_FOOTPRINT,
+    "IUQ (defaults, weight 0.05)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.05"],
     "IUQ (dice form, 1 image)": DEFAULT_BANK + DICE_FORM + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],
-    "IUQ (dice form, 4 images)": DEFAULT_BANK + DICE_FORM + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "4.0"],
     "+bank": IUQ + NO_EQUI,
     "+equivariance": IUQ_VIEWS + NO_BANK + equi_weights(3.0, 1.0),
     "+bank +equivariance": IUQ_VIEWS + equi_weights(3.0, 1.0),
