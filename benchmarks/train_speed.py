@@ -11,6 +11,10 @@ first variant and writes JSON.
 
     python benchmarks/train_speed.py --config-file configs/Demo/shapes_CondInst.yaml \
         --variants condinst bank equi_paired equi_extra full --out benchmarks/results/cpu.json
+
+With ``--interleaved`` all variants live in one process and take turns on every batch, and the
+ratio is the median of per-batch ratios: the measurement for overheads smaller than the VM's
+drift between processes (peak memory is then not per variant, and not reported).
 """
 
 import argparse
@@ -57,29 +61,33 @@ VARIANTS = {
 }
 
 
-def measure(args) -> dict:
-    """Run in the subprocess: one untimed pass over ``args.iters`` batches, then a timed one."""
+def build_stepper(args, variant: str, seed: int):
+    """The variant's model, optimizer and ``args.iters`` prefetched batches; returns the
+    training step (forward, backward, optimizer step), the batches and the model."""
     import torch
     from detectron2.utils.env import seed_all_rng
-    from detectron2.utils.events import EventStorage
 
     from iuq_d2.engine import Trainer
     from iuq_d2.engine.config_loader import load_config
 
-    cfg = load_config(args.config_file, args.opts + VARIANTS[args.variant], freeze=False)
+    cfg = load_config(args.config_file, args.opts + VARIANTS[variant], freeze=False)
     cfg.DATALOADER.NUM_WORKERS = 0
     if args.device:
         cfg.MODEL.DEVICE = args.device
-    seed_all_rng(args.seed)  # the same weights and images for every variant
+    seed_all_rng(seed)  # the same weights and images for every variant
     model = Trainer.build_model(cfg)
     model.train()
     optimizer = Trainer.build_optimizer(cfg, model)
     loader = iter(Trainer.build_train_loader(cfg))
     batches = [next(loader) for _ in range(args.iters)]
-    on_cuda = model.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if args.amp else None
+    on_cuda = model.device.type == "cuda"
 
-    def step(batch):
+    def step(batch) -> float:
+        """Seconds of one training step."""
+        if on_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
         with torch.autocast(model.device.type, enabled=args.amp):
             losses = model(batch)
         loss = sum(losses.values())
@@ -91,7 +99,28 @@ def measure(args) -> dict:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+        if on_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
+    return step, batches, model
+
+
+def _device_name(model) -> str:
+    import torch
+
+    if model.device.type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+
+
+def measure(args) -> dict:
+    """Run in the subprocess: one untimed pass over ``args.iters`` batches, then a timed one."""
+    import torch
+    from detectron2.utils.events import EventStorage
+
+    step, batches, model = build_stepper(args, args.variant, args.seed)
+    on_cuda = model.device.type == "cuda"
     times = []
     with EventStorage() as storage:
         for batch in batches:
@@ -99,13 +128,7 @@ def measure(args) -> dict:
             storage.iter += 1  # as the trainer does: periodic logging keeps its period
         for batch in batches:
             storage.iter += 1
-            if on_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            step(batch)
-            if on_cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
+            times.append(step(batch))
     return {
         "variant": args.variant,
         "images_per_step": sum(1 + ("view" in x) for x in batches[0]),
@@ -114,10 +137,62 @@ def measure(args) -> dict:
         if on_cuda
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "memory_kind": "cuda max_memory_allocated" if on_cuda else "process peak RSS",
-        "device": torch.cuda.get_device_name()
-        if on_cuda
-        else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads",
+        "device": _device_name(model),
     }
+
+
+def interleaved(args) -> None:
+    """All variants in this process, stepping in turn on each batch (the order rotating from
+    batch to batch), so that every ratio compares steps taken a fraction of a second apart:
+    on a shared VM the speed drifts by more than the bank's cost between processes."""
+    from detectron2.utils.events import EventStorage
+
+    steppers = {v: build_stepper(args, v, args.seed) for v in args.variants}
+    times = {v: [] for v in args.variants}
+    with EventStorage() as storage:
+        for timed in [False] + [True] * args.repeats:
+            for i in range(args.iters):
+                storage.iter += 1
+                order = (
+                    args.variants[i % len(args.variants) :]
+                    + args.variants[: i % len(args.variants)]
+                )
+                for variant in order:
+                    step, batches, _ = steppers[variant]
+                    seconds = step(batches[i])
+                    if timed:
+                        times[variant].append(seconds)
+    base = args.variants[0]
+    summary = {}
+    print(f"{'variant':<12} {'s/step':>8} {'ratio':>6} {'per-step ratio q25-q75':>24}")
+    for variant in args.variants:
+        ratios = sorted(t / b for t, b in zip(times[variant], times[base]))
+        q25, q50, q75 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        summary[variant] = {
+            "median_step_s": statistics.median(times[variant]),
+            "median_of_step_ratios": q50,
+            "step_ratio_q25": q25,
+            "step_ratio_q75": q75,
+            "steps_timed": len(times[variant]),
+        }
+        print(
+            f"{variant:<12} {summary[variant]['median_step_s']:>8.3f} {q50:>6.3f} "
+            f"{q25:>11.3f} - {q75:.3f}"
+        )
+    device = _device_name(next(iter(steppers.values()))[2])
+    header = (
+        f"config {args.config_file} {' '.join(args.opts)} | device {device} | interleaved in "
+        f"one process, {args.repeats}x{args.iters} steps per variant"
+    )
+    print(header)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(
+                {"header": header, "argv": sys.argv[1:], "summary": summary, "step_s": times},
+                f,
+                indent=1,
+            )
 
 
 def main() -> None:
@@ -139,12 +214,20 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="autocast (CUDA float16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="", help="JSON output path")
+    parser.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="all variants in one process, in turn on every batch; --repeats timed passes",
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # set in the worker subprocess
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
 
     if args.variant:
         print("RESULT " + json.dumps(measure(args)))
+        return
+    if args.interleaved:
+        interleaved(args)
         return
 
     runs = {v: [] for v in args.variants}
