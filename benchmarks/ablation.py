@@ -50,6 +50,9 @@ ENTRY_GRAD = [
 ]
 PER_IMAGE = ["MODEL.IUQ.INTER.NORMALIZATION", "query_image"]
 OFF_FOOTPRINT = ["MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT", "True"]
+# GroupNorm instead of BatchNorm in the backbone and the mask branch (the FCOS towers already
+# use it): "paired" views then no longer halve the images BatchNorm's statistics come from.
+GROUP_NORM = ["MODEL.RESNETS.NORM", "GN", "MODEL.CONDINST.MASK_BRANCH.NORM", "GN"]
 # The foreign pixels join each query's dice denominator; LOSS_WEIGHT is then in other images.
 DICE_FORM = ["MODEL.IUQ.INTER.LOSS_FORM", "dice"]
 # Embedded datasets: (train, val, number of classes).
@@ -78,6 +81,11 @@ VARIANTS = {
     # The same with foreign logits scored against the query's own-instance logit.
     "IUQ (defaults, own reference)": DEFAULT_BANK + ["MODEL.IUQ.INTER.REFERENCE", "own"],
     "IUQ (defaults, off own footprint)": DEFAULT_BANK + OFF_FOOTPRINT,
+    "CondInst (GN)": ["MODEL.META_ARCHITECTURE", "CondInst", *GROUP_NORM],
+    "+equivariance (GN, paired, query 3, feat 0)": IUQ_VIEWS
+    + NO_BANK
+    + GROUP_NORM
+    + equi_weights(3.0, 0.0),
     "IUQ (defaults, weight 0.05)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.05"],
     "IUQ (dice form, 1 image)": DEFAULT_BANK + DICE_FORM + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],
     "+bank": IUQ + NO_EQUI,
