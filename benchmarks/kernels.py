@@ -5,6 +5,7 @@
     python benchmarks/kernels.py --queries 200 --entries 1024 8192 --repeats 3
     python benchmarks/kernels.py --op dense_mask_head  # Q in {100, 500}, F 100x136, 200x272
     python benchmarks/kernels.py --op dense_mask_head --queries 500 --maps 100x136
+    python benchmarks/kernels.py --flatness --repeats 9  # ns/pair over N, sizes interleaved
 
 Each (impl, Q, N) runs in its own subprocess, with ``torch.set_num_threads(1)`` on CPU, so
 that timings do not depend on the machine's free cores and peaks do not leak between configs.
@@ -32,7 +33,8 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def worker(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> dict:
+def inter_scene_step(impl: str, num_q: int, num_n: int, device: str):
+    """Forward + backward of the inter-scene loss on random inputs of that size."""
     from iuq_d2.layers import dynamic_layer_shapes
     from iuq_d2.layers.inter_scene import inter_scene_focal_loss
 
@@ -56,7 +58,12 @@ def worker(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> dict
         loss.backward()
         params.grad = feats.grad = None
 
-    ms, peak = _measure(step, dev, repeats)
+    return step
+
+
+def worker(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> dict:
+    step = inter_scene_step(impl, num_q, num_n, device)
+    ms, peak = _measure(step, torch.device(device), repeats)
     return {
         "impl": impl,
         "queries": num_q,
@@ -64,6 +71,34 @@ def worker(impl: str, num_q: int, num_n: int, repeats: int, device: str) -> dict
         "median_ms": ms,
         "ns_per_pair": 1e6 * ms / (num_q * num_n),
         "peak_mem_mb": peak / 2**20,
+    }
+
+
+def flatness(impl: str, num_q: int, sizes: list, rounds: int, device: str) -> dict:
+    """ns per pair of every size in one process, the sizes taking turns (ascending, then
+    descending, ...): separate processes, run one size after the other, drift on a shared VM
+    by more than the 20% the target allows, and the drift then looks like a trend in N."""
+    dev = torch.device(device)
+    steps = {n: inter_scene_step(impl, num_q, n, device) for n in sizes}
+    for step in steps.values():
+        step()  # warm-up
+    times = {n: [] for n in sizes}
+    for r in range(rounds):
+        for n in sorted(sizes, reverse=r % 2 == 1):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            steps[n]()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            times[n].append(time.perf_counter() - start)
+    ns = {n: 1e9 * statistics.median(t) / (num_q * n) for n, t in times.items()}
+    return {
+        "impl": impl,
+        "queries": num_q,
+        "rounds": rounds,
+        "ns_per_pair": ns,
+        "spread": max(ns.values()) / min(ns.values()) - 1,
     }
 
 
@@ -218,6 +253,12 @@ def main() -> None:
     parser.add_argument("--impls", nargs="+", default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--flatness",
+        action="store_true",
+        help="inter-scene ns/pair over --entries at each of --queries, all in this process, "
+        "--repeats rounds of interleaved sizes (the flatness target)",
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     dense = args.op == "dense_mask_head"
@@ -229,6 +270,24 @@ def main() -> None:
             print(json.dumps(dense_worker(impl, int(q), n, args.repeats, args.device)))
         else:
             print(json.dumps(worker(impl, int(q), int(n), args.repeats, args.device)))
+        return
+
+    if args.flatness:
+        fast = args.impls[0] if args.impls else ("triton" if args.device == "cuda" else "tiled")
+        rows = [
+            flatness(fast, q, args.entries, args.repeats, args.device)
+            for q in args.queries or [200]
+        ]
+        print("| impl | Q | " + " | ".join(f"N={n}" for n in args.entries) + " | spread |")
+        print("|---|---:|" + "---:|" * (len(args.entries) + 1))
+        for r in rows:
+            cells = " | ".join(f"{r['ns_per_pair'][n]:.1f}" for n in args.entries)
+            print(f"| {r['impl']} | {r['queries']} | {cells} | {100 * r['spread']:.0f}% |")
+        out = args.out or os.path.join(
+            REPO, "benchmarks", "results", f"kernels_flatness_{args.device}.json"
+        )
+        with open(out, "w") as f:
+            json.dump({"torch": torch.__version__, "rows": rows}, f, indent=1)
         return
 
     queries = args.queries or ([100, 500] if dense else [200, 500])
