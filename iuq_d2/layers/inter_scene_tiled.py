@@ -23,7 +23,10 @@ from .inter_scene import (
     inter_scene_weights,
 )
 
-DEFAULT_CHUNK_ELEMS = 1 << 20  # floats in one [Q, hidden, T] chunk (4 MiB in fp32)
+# Floats in one [Q, hidden, T] chunk (1 MiB in fp32). Measured on one CPU thread, entries
+# interleaved in one process: 33 ns per pair at 2^18 against 41 at 2^20 and 46 at 2^16, at the
+# demo's Q=64, N=4600 and at Q=200, N=8192 alike (the chunk's workspace then stays in cache).
+DEFAULT_CHUNK_ELEMS = 1 << 18
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
