@@ -141,6 +141,15 @@ def measure(args) -> dict:
     }
 
 
+def write_json(path: str, header: str, summary: dict, **raw) -> None:
+    """The table's header and summary and the raw timings, when ``--out`` asks for them."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"header": header, "argv": sys.argv[1:], "summary": summary, **raw}, f, indent=1)
+
+
 def interleaved(args) -> None:
     """All variants in this process, stepping in turn on each batch (the order rotating from
     batch to batch), so that every ratio compares steps taken a fraction of a second apart:
@@ -185,14 +194,7 @@ def interleaved(args) -> None:
         f"one process, {args.repeats}x{args.iters} steps per variant"
     )
     print(header)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(
-                {"header": header, "argv": sys.argv[1:], "summary": summary, "step_s": times},
-                f,
-                indent=1,
-            )
+    write_json(args.out, header, summary, step_s=times)
 
 
 def main() -> None:
@@ -284,14 +286,7 @@ def main() -> None:
             f"{s['step_ratio']:>6.2f} "
             f"{s['peak_mem_mb']:>9.0f} {s['mem_ratio']:>6.2f}"
         )
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(
-                {"header": header, "argv": sys.argv[1:], "summary": summary, "runs": runs},
-                f,
-                indent=1,
-            )
+    write_json(args.out, header, summary, runs=runs)
 
 
 if __name__ == "__main__":

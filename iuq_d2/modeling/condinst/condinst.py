@@ -194,12 +194,7 @@ class CondInst(nn.Module):
         )
         losses.update(fcos_losses)
         queries = self.sample_queries(positives, gt_instances)
-        mask_dice = None
-        if len(queries) == 0:
-            losses["loss_mask"] = self.mask_loss(mask_feats, queries, gt_instances)
-        else:
-            mask_dice = self.mask_dice_terms(mask_feats, queries, gt_instances)
-            losses["loss_mask"] = dice_from_terms(*mask_dice).mean()
+        losses["loss_mask"], mask_dice = self.mask_loss_and_terms(mask_feats, queries, gt_instances)
         self.mask_head._iter += 1
         return CondInstTrainOutputs(losses, mask_feats, queries, mask_dice)
 
@@ -230,12 +225,23 @@ class CondInst(nn.Module):
         ``valid`` ([N, H, W] bool at the stride of ``mask_feats``), when given, restricts the
         loss to those cells of each query's image.
         """
+        return self.mask_loss_and_terms(mask_feats, queries, gt_instances, valid)[0]
+
+    def mask_loss_and_terms(
+        self,
+        mask_feats: Tensor,
+        queries: Instances,
+        gt_instances: List[Instances],
+        valid: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor]]]:
+        """``mask_loss`` and the per-query terms it came from (``mask_dice_terms``; None
+        without queries)."""
         if len(queries) == 0:
             # Keep every parameter in the graph so DDP's gradient reduction stays in step.
-            return mask_feats.sum() * 0.0 + queries.mask_head_params.sum() * 0.0
-        return dice_from_terms(
-            *self.mask_dice_terms(mask_feats, queries, gt_instances, valid)
-        ).mean()
+            zero = mask_feats.sum() * 0.0 + queries.mask_head_params.sum() * 0.0
+            return zero, None
+        terms = self.mask_dice_terms(mask_feats, queries, gt_instances, valid)
+        return dice_from_terms(*terms).mean(), terms
 
     def mask_dice_terms(
         self,
