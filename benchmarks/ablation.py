@@ -53,6 +53,16 @@ OFF_FOOTPRINT = ["MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT", "True"]
 # GroupNorm instead of BatchNorm in the backbone and the mask branch (the FCOS towers already
 # use it): "paired" views then no longer halve the images BatchNorm's statistics come from.
 GROUP_NORM = ["MODEL.RESNETS.NORM", "GN", "MODEL.CONDINST.MASK_BRANCH.NORM", "GN"]
+# The inter-scene loss reaches only the mask branch, through this batch's attached pixels.
+REPRESENTATION_ONLY = [
+    "MODEL.IUQ.INTER.QUERY_GRAD",
+    "False",
+    "MODEL.IUQ.INTER.BATCH_ENTRY_GRAD",
+    "True",
+]
+# Views that are never flipped: a trained CondInst is far from flip-equivariant with the
+# identity map on F's channels, and close to crop and rescale equivariance (docs/method.md).
+NO_VIEW_FLIP = ["MODEL.IUQ.EQUI.FLIP_PROB", "0.0"]
 # The foreign pixels join each query's dice denominator; LOSS_WEIGHT is then in other images.
 DICE_FORM = ["MODEL.IUQ.INTER.LOSS_FORM", "dice"]
 # Embedded datasets: (train, val, number of classes).
@@ -86,6 +96,16 @@ VARIANTS = {
     + NO_BANK
     + GROUP_NORM
     + equi_weights(3.0, 0.0),
+    "+equivariance (GN, paired, query 3, no flip)": IUQ_VIEWS
+    + NO_BANK
+    + GROUP_NORM
+    + NO_VIEW_FLIP
+    + equi_weights(3.0, 0.0),
+    "IUQ (representation only, instance_centered, weight 1)": DEFAULT_BANK
+    + REPRESENTATION_ONLY
+    + INSTANCE_CENTERED
+    + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],
+    "views only (GN, paired)": IUQ_VIEWS + NO_BANK + GROUP_NORM + equi_weights(0.0, 0.0),
     "IUQ (defaults, weight 0.05)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.05"],
     "IUQ (dice form, 1 image)": DEFAULT_BANK + DICE_FORM + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],
     "+bank": IUQ + NO_EQUI,

@@ -184,6 +184,12 @@ def add_iuq_config(cfg: CN) -> None:
     # representation is also trained to separate instances of different images (the bank and
     # other processes' pixels are constants).
     _C.MODEL.IUQ.INTER.BATCH_ENTRY_GRAD = False
+    # Whether the loss reaches the queries (controller, FCOS box tower). False (ours) leaves
+    # the representation as the only thing it trains, through the attached in-batch pixels
+    # (needs BATCH_ENTRY_GRAD; the bank's constant entries are then not sampled, they would
+    # carry no gradient): other images' instances must become unlike the query's own, rather
+    # than the query lowering all of its logits, its own object's too.
+    _C.MODEL.IUQ.INTER.QUERY_GRAD = True
     # "pairs": mean over all valid (query, pixel) pairs; "query_image": per query the mean over
     # each other image's pixels, averaged over those images, then over queries (the paper's).
     _C.MODEL.IUQ.INTER.NORMALIZATION = "pairs"

@@ -370,6 +370,38 @@ def test_batch_entry_grad_reaches_the_mask_branch_only_when_asked(attached):
     assert reached == attached
 
 
+def test_without_query_grad_the_loss_trains_only_the_representation():
+    torch.manual_seed(0)
+    model = build_model(
+        iuq_config(
+            **{
+                "MODEL.IUQ.INTER.QUERY_GRAD": False,
+                "MODEL.IUQ.INTER.BATCH_ENTRY_GRAD": True,
+                "MODEL.IUQ.INTER.COORDS": "instance_centered",
+            }
+        )
+    )
+    with EventStorage() as storage:
+        model(_two_image_batch())  # fill the bank: its entries must still not be sampled
+        losses = model(_two_image_batch())
+        latest = storage.latest()
+        assert latest["iuq/inter_pairs"][0] > 0
+        # The bank holds the first batch's entries, but none was sampled (they would carry
+        # no gradient): sampled entries log their age.
+        assert model.inter_scene.bank.num_filled > 0 and "iuq/bank_age_mean" not in latest
+    losses["loss_inter"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(grads[n] is None for n in grads if n.startswith("controller."))
+    assert all(grads[n] is None for n in grads if "bbox_tower" in n)
+    branch = [g for n, g in grads.items() if n.startswith("mask_branch.tower")]
+    assert any(g is not None and g.abs().sum() > 0 for g in branch)
+
+
+def test_query_grad_off_needs_the_entry_gradient():
+    with pytest.raises(ValueError, match="BATCH_ENTRY_GRAD"):
+        build_model(iuq_config(**{"MODEL.IUQ.INTER.QUERY_GRAD": False}))
+
+
 def test_detached_output_bias_gets_no_inter_scene_gradient():
     torch.manual_seed(0)
     model = build_model(iuq_config(**{"MODEL.IUQ.INTER.DETACH_OUTPUT_BIAS": True}))

@@ -1,7 +1,7 @@
 """The transformation-equivariance criterion: the queries of a view g(I) must segment it on
 g(F(I)), the warped representation of I, and (optionally) F(g(I)) must equal g(F(I))."""
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -42,6 +42,15 @@ def view_inputs(batched_inputs: List[dict]) -> List[dict]:
     return views
 
 
+def view_queries(queries: Instances, num_originals: int, gt_instances: List[Instances]):
+    """The queries of the views (the images after the first ``num_originals``), indexed into
+    the views' images and ground truth alone."""
+    views = queries[queries.im_inds >= num_originals]
+    views.im_inds = views.im_inds - num_originals
+    views.gt_inds = views.gt_inds - sum(len(g) for g in gt_instances[:num_originals])
+    return views
+
+
 class EquivarianceCriterion(nn.Module):
     """Owns the warp g(F(I)) and both equivariance terms, on the cells where g(F(I)) has a
     counterpart in I. Holds no state."""
@@ -73,6 +82,22 @@ class EquivarianceCriterion(nn.Module):
             "feat_distance": equi.FEAT_DISTANCE,
         }
 
+    def warp(
+        self, outputs: CondInstTrainOutputs, images: ImageList, batched_inputs: List[dict]
+    ) -> Tuple[Tensor, Tensor]:
+        """g(F(I)) on the views' grid and its valid cells (``warp_to_view``)."""
+        n = len(batched_inputs)
+        feats = outputs.mask_feats
+        affines = torch.stack([x["view"]["affine"] for x in batched_inputs]).to(feats.device)
+        return warp_to_view(
+            feats[:n],
+            affines,
+            images.image_sizes[:n],
+            feats.shape[-2:],
+            images.image_sizes[n:],
+            self.feat_stride,
+        )
+
     def forward(
         self,
         outputs: CondInstTrainOutputs,
@@ -85,20 +110,10 @@ class EquivarianceCriterion(nn.Module):
         the rest their views, in the same order; ``mask_loss`` is the model's dice loss."""
         n = len(batched_inputs)
         feats = outputs.mask_feats
-        affines = torch.stack([x["view"]["affine"] for x in batched_inputs]).to(feats.device)
-        warped, valid = warp_to_view(
-            feats[:n],
-            affines,
-            images.image_sizes[:n],
-            feats.shape[-2:],
-            images.image_sizes[n:],
-            self.feat_stride,
-        )
+        warped, valid = self.warp(outputs, images, batched_inputs)
         losses = {}
         if self.query_weight > 0:
-            queries = outputs.queries[outputs.queries.im_inds >= n]
-            queries.im_inds = queries.im_inds - n
-            queries.gt_inds = queries.gt_inds - sum(len(g) for g in gt_instances[:n])
+            queries = view_queries(outputs.queries, n, gt_instances)
             loss = mask_loss(warped, queries, gt_instances[n:], valid)
             losses["loss_equi_query"] = loss * self.query_weight
         if self.feat_weight > 0:

@@ -101,7 +101,8 @@ class InterSceneCriterion(nn.Module):
     evaluated; all enter the bank); at most ``max_queries`` queries, a random subset, are
     evaluated against them. With ``batch_entry_grad`` the pixels of this process's other
     images stay attached to the mask branch, so the representation, not only the queries, is
-    trained to tell instances of different images apart.
+    trained to tell instances of different images apart; without ``query_grad`` the
+    representation is all the loss trains (and the bank, constant, is not sampled).
 
     ``loss_form`` "focal" is the paper's: a focal loss of every pair against 0, weighted by
     ``weight``. "dice" instead adds each query's firing on the foreign pixels to the
@@ -129,6 +130,7 @@ class InterSceneCriterion(nn.Module):
         max_age: int,
         max_batch_entries: int,
         batch_entry_grad: bool,
+        query_grad: bool = True,
         max_queries: int = -1,
         reference: str = "zero",
         normalization: str,
@@ -154,6 +156,7 @@ class InterSceneCriterion(nn.Module):
         self.max_age = max_age
         self.max_batch_entries = max_batch_entries
         self.batch_entry_grad = batch_entry_grad
+        self.query_grad = query_grad
         self.max_queries = max_queries
         self.reference = reference
         self.normalization = normalization
@@ -207,6 +210,12 @@ class InterSceneCriterion(nn.Module):
                 f"got {inter.REFERENCE!r}, {inter.NORMALIZATION!r}, "
                 f"{inter.EXCLUDE_OWN_FOOTPRINT}, {inter.DETACH_OUTPUT_BIAS}"
             )
+        if not inter.QUERY_GRAD and not inter.BATCH_ENTRY_GRAD:
+            raise ValueError(
+                "MODEL.IUQ.INTER.QUERY_GRAD False leaves the loss only the representation to "
+                "train, through the in-batch pixels: it needs MODEL.IUQ.INTER.BATCH_ENTRY_GRAD "
+                "True (otherwise loss_inter has no gradient at all)"
+            )
         for key in ("PIXELS_PER_INSTANCE", "NUM_NEGATIVES"):
             if inter[key] < 0:
                 raise ValueError(f"MODEL.IUQ.INTER.{key} must be >= 0, got {inter[key]}")
@@ -226,6 +235,7 @@ class InterSceneCriterion(nn.Module):
             "max_age": inter.MAX_AGE_ITERS,
             "max_batch_entries": inter.MAX_BATCH_ENTRIES,
             "batch_entry_grad": inter.BATCH_ENTRY_GRAD,
+            "query_grad": inter.QUERY_GRAD,
             "max_queries": inter.MAX_QUERIES,
             "reference": inter.REFERENCE,
             "normalization": inter.NORMALIZATION,
@@ -366,7 +376,9 @@ class InterSceneCriterion(nn.Module):
             num_instances = sum(len(x) for x in gt_instances)
             own_logit, has_own = self.own_logits(queries, local, instances, num_instances)
             queries, own_logit = queries[has_own], own_logit[has_own]
-        sampled, ages = self.bank.sample_with_age(self.num_negatives, iteration, self.max_age)
+        # Without gradient into the queries the bank's constant entries would teach nothing.
+        num_sampled = self.num_negatives if self.query_grad else 0
+        sampled, ages = self.bank.sample_with_age(num_sampled, iteration, self.max_age)
         negatives = BankEntries.cat([sampled, evaluated])
 
         if self.coords == "instance_centered":
@@ -389,6 +401,8 @@ class InterSceneCriterion(nn.Module):
             pair_mask = self.off_own_footprint(
                 queries, gt_instances, negatives.positions, mask_feats.shape[-2:]
             )
+        if not self.query_grad:
+            params = params.detach()
         if self.detach_output_bias:
             # The last number of a query's parameters is its output bias (biases come last).
             params = torch.cat([params[:, :-1], params[:, -1:].detach()], dim=1)
