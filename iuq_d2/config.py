@@ -155,7 +155,9 @@ def add_iuq_config(cfg: CN) -> None:
     # Relative coordinates fed with a bank pixel: "overlay" uses the pixel's own position in its
     # image relative to the query's location; "instance_centered" places the query at the centre
     # of the pixel's instance (hard negatives), which cost ~10 mask AP in the shapes ablation
-    # (benchmarks/results/ablation_shapes_cpu.json), hence not the default.
+    # (benchmarks/results/ablation_shapes_cpu.json), hence not the default. "random" places
+    # the query at a random point within the smallest size of interest of each pixel (per
+    # entry, uniform in that square), between the two.
     _C.MODEL.IUQ.INTER.COORDS = "overlay"
     # Entries the bank holds (first in, first out), identical on every GPU.
     _C.MODEL.IUQ.INTER.BANK_SIZE = 100000

@@ -204,6 +204,44 @@ def test_relative_coordinates_of_the_two_modes(mode):
     torch.testing.assert_close(loss, expected)
 
 
+def test_random_coordinates_lie_within_the_smallest_size_of_interest():
+    """The relu(rel_x) head again, with many entries: under "random" rel_x is uniform in
+    [-64/128, 64/128] for a query of size of interest 128, whatever the pixel's position."""
+    torch.manual_seed(0)
+    model = build_model(
+        iuq_config(
+            **{
+                "MODEL.IUQ.INTER.COORDS": "random",
+                "MODEL.IUQ.INTER.NUM_NEGATIVES": 0,
+                "MODEL.IUQ.INTER.PIXELS_PER_INSTANCE": 4000,
+                "MODEL.IUQ.INTER.MAX_BATCH_ENTRIES": -1,
+            }
+        )
+    )
+    head = model.mask_head
+    c = head.in_channels
+    params = torch.zeros(1, head.num_params)
+    w0, w1 = 8 * (c + 2), 8 * 8
+    params[0, 0], params[0, w0], params[0, w0 + w1] = 1.0, 1.0, 1.0
+    queries = Instances((0, 0))
+    queries.mask_head_params = params
+    queries.locations = torch.tensor([[200.0, 40.0]])
+    queries.fpn_levels = torch.tensor([1])  # size of interest 128
+    queries.im_inds = torch.tensor([0])
+    batch = [
+        make_input(64, 64, [], [], seed=0),
+        make_input(96, 128, [[40, 56, 58, 64]], [0], seed=1),
+    ]
+    _, gt = _prepared(model, batch)
+    with EventStorage():
+        loss = model.inter_scene(torch.zeros(2, c, 12, 16), queries, gt, torch.tensor([0, 1]), 0)
+    u = torch.linspace(-0.5, 0.5, 100001)
+    p = torch.sigmoid(u.clamp(min=0))
+    expected = (0.75 * p**2 * -torch.log(1 - p)).mean()
+    # 4000 entries: the mean's standard error is under 1% of it.
+    torch.testing.assert_close(loss["loss_inter"], expected, rtol=0.05, atol=0.0)
+
+
 def _two_image_batch():
     return [
         make_input(96, 128, [[10, 12, 60, 70], [50, 40, 120, 90]], [0, 2], seed=1),

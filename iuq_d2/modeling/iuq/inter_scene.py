@@ -24,7 +24,7 @@ from ...utils.comm import all_gather_rows
 from ..condinst.dynamic_mask_head import DynamicMaskHead
 from .query_bank import BankEntries, QueryBank
 
-COORD_MODES = ("instance_centered", "overlay")
+COORD_MODES = ("instance_centered", "overlay", "random")
 NORMALIZATIONS = ("pairs", "query_image")
 REFERENCES = ("zero", "own")
 LOSS_FORMS = ("focal", "dice")
@@ -385,6 +385,12 @@ class InterSceneCriterion(nn.Module):
             # The query sits at the centre of the pixel's instance: rel = offset / soi.
             query_anchors = torch.zeros_like(queries.locations)
             pixel_anchors = -negatives.offsets
+        elif self.coords == "random":
+            # The query sits at a random point within the smallest size of interest of the
+            # pixel, drawn per entry: near the object, though not at its centre.
+            reach = float(min(self.sizes_of_interest))
+            query_anchors = torch.zeros_like(queries.locations)
+            pixel_anchors = (torch.rand_like(negatives.positions) * 2.0 - 1.0) * reach
         else:
             query_anchors = queries.locations
             pixel_anchors = negatives.positions
