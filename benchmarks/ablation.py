@@ -106,6 +106,8 @@ VARIANTS = {
     + INSTANCE_CENTERED
     + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],
     "+equivariance (extra, query 3, feat 0)": IUQ_VIEWS + NO_BANK + EXTRA + equi_weights(3.0, 0.0),
+    "IUQ (defaults, random placement)": DEFAULT_BANK + ["MODEL.IUQ.INTER.COORDS", "random"],
+    "IUQ (defaults, same class only)": DEFAULT_BANK + ["MODEL.IUQ.INTER.SAME_CLASS_ONLY", "True"],
     "views only (GN, paired)": IUQ_VIEWS + NO_BANK + GROUP_NORM + equi_weights(0.0, 0.0),
     "IUQ (defaults, weight 0.05)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.05"],
     "IUQ (dice form, 1 image)": DEFAULT_BANK + DICE_FORM + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],

@@ -210,6 +210,10 @@ def add_iuq_config(cfg: CN) -> None:
     # ("overlay"), falls on the query's own ground-truth instance, where the mask loss asks the
     # query to fire (needs NORMALIZATION "pairs"; not fused: runs on the tiled path).
     _C.MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT = False
+    # Only pairs whose pixel belongs to an instance of the query's own class (the look-alikes;
+    # entries of unknown class, from checkpoints without classes, are left out). Needs
+    # NORMALIZATION "pairs"; not fused: runs on the tiled path.
+    _C.MODEL.IUQ.INTER.SAME_CLASS_ONLY = False
     # "focal": the paper's focal loss of every (query, foreign pixel) pair against 0, times
     # LOSS_WEIGHT. "dice" (ours): each query's mean squared probability on the foreign pixels,
     # times the entries one image holds, joins the denominator of its own dice loss, LOSS_WEIGHT

@@ -39,6 +39,7 @@ def _entries(n, image_id=0, start=0.0, c=3):
         positions=values[:, None].repeat(1, 2),
         offsets=-values[:, None].repeat(1, 2),
         image_ids=torch.full((n,), image_id),
+        classes=torch.zeros(n, dtype=torch.int64),
     )
 
 
@@ -240,6 +241,50 @@ def test_random_coordinates_lie_within_the_smallest_size_of_interest():
     expected = (0.75 * p**2 * -torch.log(1 - p)).mean()
     # 4000 entries: the mean's standard error is under 1% of it.
     torch.testing.assert_close(loss["loss_inter"], expected, rtol=0.05, atol=0.0)
+
+
+def test_same_class_only_keeps_the_pairs_with_the_query_class():
+    """The relu(rel_x) head with overlay pairs: the loss is the mean over the other image's
+    entries of the query's class only, read back from the bank."""
+    torch.manual_seed(0)
+    model = build_model(
+        iuq_config(**{"MODEL.IUQ.INTER.SAME_CLASS_ONLY": True, "MODEL.IUQ.INTER.NUM_NEGATIVES": 0})
+    )
+    head = model.mask_head
+    c = head.in_channels
+    params = torch.zeros(1, head.num_params)
+    w0, w1 = 8 * (c + 2), 8 * 8
+    params[0, 0], params[0, w0], params[0, w0 + w1] = 1.0, 1.0, 1.0
+    queries = Instances((0, 0))
+    queries.mask_head_params = params
+    queries.locations = torch.tensor([[200.0, 40.0]])
+    queries.fpn_levels = torch.tensor([1])
+    queries.im_inds = torch.tensor([0])
+    queries.gt_inds = torch.tensor([0])  # image 0's instance, class 2
+    batch = [
+        make_input(64, 64, [[8, 8, 40, 40]], [2], seed=0),
+        make_input(96, 128, [[4, 8, 40, 60], [60, 8, 120, 60]], [1, 2], seed=1),
+    ]
+    _, gt = _prepared(model, batch)
+    with EventStorage():
+        loss = model.inter_scene(torch.zeros(2, c, 12, 16), queries, gt, torch.tensor([0, 1]), 0)
+    bank = model.inter_scene.bank
+    filled = bank.num_filled
+    assert sorted(bank.classes[:filled].tolist()) == [1] * 6 + [2] * 12
+    keep = (bank.classes[:filled] == 2) & (bank.image_ids[:filled] == 1)
+    rel_x = (200.0 - bank.positions[:filled][keep, 0]) / 128
+    p = torch.sigmoid(rel_x.clamp(min=0))
+    expected = (0.75 * p**2 * -torch.log(1 - p)).mean()
+    torch.testing.assert_close(loss["loss_inter"], expected)
+
+
+def test_bank_without_classes_loads_them_as_unknown():
+    model = build_model(iuq_config())
+    state = {k: v for k, v in model.state_dict().items() if k != "inter_scene.bank.classes"}
+    restored = build_model(iuq_config())
+    restored.inter_scene.bank.classes.fill_(3)
+    restored.load_state_dict(state, strict=True)
+    assert restored.inter_scene.bank.classes.eq(-1).all()
 
 
 def _two_image_batch():

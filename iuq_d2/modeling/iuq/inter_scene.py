@@ -137,6 +137,7 @@ class InterSceneCriterion(nn.Module):
         impl: str,
         detach_output_bias: bool = False,
         exclude_own_footprint: bool = False,
+        same_class_only: bool = False,
         loss_form: str = "focal",
         mask_out_stride: int = 4,
     ):
@@ -163,6 +164,7 @@ class InterSceneCriterion(nn.Module):
         self.impl = impl
         self.detach_output_bias = detach_output_bias
         self.exclude_own_footprint = exclude_own_footprint
+        self.same_class_only = same_class_only
         self.loss_form = loss_form
         self.mask_out_stride = mask_out_stride
 
@@ -194,6 +196,11 @@ class InterSceneCriterion(nn.Module):
                 "MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT needs COORDS 'overlay' and NORMALIZATION "
                 f"'pairs', got {inter.COORDS!r} and {inter.NORMALIZATION!r}"
             )
+        if inter.SAME_CLASS_ONLY and inter.NORMALIZATION != "pairs":
+            raise ValueError(
+                "MODEL.IUQ.INTER.SAME_CLASS_ONLY needs NORMALIZATION 'pairs', "
+                f"got {inter.NORMALIZATION!r}"
+            )
         if inter.LOSS_FORM not in LOSS_FORMS:
             raise ValueError(
                 f"MODEL.IUQ.INTER.LOSS_FORM must be one of {LOSS_FORMS}, got {inter.LOSS_FORM!r}"
@@ -202,13 +209,14 @@ class InterSceneCriterion(nn.Module):
             inter.REFERENCE != "zero"
             or inter.NORMALIZATION != "pairs"
             or inter.EXCLUDE_OWN_FOOTPRINT
+            or inter.SAME_CLASS_ONLY
             or inter.DETACH_OUTPUT_BIAS
         ):
             raise ValueError(
                 "MODEL.IUQ.INTER.LOSS_FORM 'dice' takes the default REFERENCE ('zero'), "
-                "NORMALIZATION ('pairs'), EXCLUDE_OWN_FOOTPRINT and DETACH_OUTPUT_BIAS (False), "
-                f"got {inter.REFERENCE!r}, {inter.NORMALIZATION!r}, "
-                f"{inter.EXCLUDE_OWN_FOOTPRINT}, {inter.DETACH_OUTPUT_BIAS}"
+                "NORMALIZATION ('pairs'), EXCLUDE_OWN_FOOTPRINT, SAME_CLASS_ONLY and "
+                f"DETACH_OUTPUT_BIAS (False), got {inter.REFERENCE!r}, {inter.NORMALIZATION!r}, "
+                f"{inter.EXCLUDE_OWN_FOOTPRINT}, {inter.SAME_CLASS_ONLY}, {inter.DETACH_OUTPUT_BIAS}"
             )
         if not inter.QUERY_GRAD and not inter.BATCH_ENTRY_GRAD:
             raise ValueError(
@@ -242,6 +250,7 @@ class InterSceneCriterion(nn.Module):
             "impl": inter.IMPL,
             "detach_output_bias": inter.DETACH_OUTPUT_BIAS,
             "exclude_own_footprint": inter.EXCLUDE_OWN_FOOTPRINT,
+            "same_class_only": inter.SAME_CLASS_ONLY,
             "loss_form": inter.LOSS_FORM,
             "mask_out_stride": mask_head.mask_out_stride,
         }
@@ -268,13 +277,16 @@ class InterSceneCriterion(nn.Module):
         positions = fcos_cell_center(torch.stack([cols, rows], dim=1), self.feat_stride).float()
         if len(instances) > 0:
             centers = torch.cat([x.gt_boxes.get_centers() for x in gt_instances])[instances]
+            classes = torch.cat([x.gt_classes for x in gt_instances])[instances]
         else:
             centers = positions.clone()
+            classes = images.clone()
         entries = BankEntries(
             feats=feats if with_grad else feats.detach(),
             positions=positions,
             offsets=centers - positions,
             image_ids=image_ids[images],
+            classes=classes,
         )
         return entries, instances
 
@@ -409,6 +421,10 @@ class InterSceneCriterion(nn.Module):
             )
         if not self.query_grad:
             params = params.detach()
+        if self.same_class_only:
+            query_classes = torch.cat([x.gt_classes for x in gt_instances])[queries.gt_inds]
+            same = query_classes[:, None] == negatives.classes[None, :]
+            pair_mask = same if pair_mask is None else pair_mask & same
         if self.detach_output_bias:
             # The last number of a query's parameters is its output bias (biases come last).
             params = torch.cat([params[:, :-1], params[:, -1:].detach()], dim=1)

@@ -18,6 +18,7 @@ class BankEntries:
     positions: Tensor  # [N, 2] (x, y) of the cell centre in its image, input pixels
     offsets: Tensor  # [N, 2] from the pixel to its instance's box centre, input pixels
     image_ids: Tensor  # [N] int64 id of the source image
+    classes: Tensor  # [N] int64 class of the pixel's instance (-1: unknown)
 
     def __len__(self) -> int:
         return self.feats.shape[0]
@@ -57,6 +58,7 @@ class QueryBank(nn.Module):
         self.register_buffer("positions", torch.zeros(capacity, 2))
         self.register_buffer("offsets", torch.zeros(capacity, 2))
         self.register_buffer("image_ids", torch.full((capacity,), -1, dtype=torch.int64))
+        self.register_buffer("classes", torch.full((capacity,), -1, dtype=torch.int64))
         self.register_buffer("valid", torch.zeros(capacity, dtype=torch.bool))
         # Training iteration at which each entry was written: bounds the age of the negatives.
         self.register_buffer("iters", torch.zeros(capacity, dtype=torch.int64))
@@ -67,10 +69,10 @@ class QueryBank(nn.Module):
         return int(self.valid.sum())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints written before entries carried their iteration: treat them as written at 0.
-        # Their per-entry classes were never read and are dropped.
+        # Checkpoints written before entries carried their iteration: treat them as written at
+        # 0; between the versions that dropped and restored the classes: unknown class.
         state_dict.setdefault(prefix + "iters", torch.zeros_like(self.iters))
-        state_dict.pop(prefix + "classes", None)
+        state_dict.setdefault(prefix + "classes", torch.full_like(self.classes, -1))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
