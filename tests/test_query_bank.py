@@ -167,22 +167,29 @@ def test_no_query_gives_zero_with_graph():
     assert params.grad is not None
 
 
-@pytest.mark.parametrize("mode", ["instance_centered", "overlay"])
-def test_relative_coordinates_of_the_two_modes(mode):
-    """With a head whose logit is relu(rel_x) (features ignored), the loss reveals rel_x."""
-    model = build_model(
-        iuq_config(**{"MODEL.IUQ.INTER.COORDS": mode, "MODEL.IUQ.INTER.NUM_NEGATIVES": 0})
-    )
+def _rel_x_query(model) -> Instances:
+    """One query of image 0 at (200, 40), size of interest 128, whose dynamic head's logit is
+    relu(rel_x): the features are ignored, so the loss reveals the relative coordinates."""
     head = model.mask_head
-    c = head.in_channels
     params = torch.zeros(1, head.num_params)
-    w0, w1 = 8 * (c + 2), 8 * 8
+    w0, w1 = 8 * (head.in_channels + 2), 8 * 8
     params[0, 0], params[0, w0], params[0, w0 + w1] = 1.0, 1.0, 1.0
     queries = Instances((0, 0))
     queries.mask_head_params = params
     queries.locations = torch.tensor([[200.0, 40.0]])
     queries.fpn_levels = torch.tensor([1])  # size of interest 128
     queries.im_inds = torch.tensor([0])
+    return queries
+
+
+@pytest.mark.parametrize("mode", ["instance_centered", "overlay"])
+def test_relative_coordinates_of_the_two_modes(mode):
+    """With a head whose logit is relu(rel_x) (features ignored), the loss reveals rel_x."""
+    model = build_model(
+        iuq_config(**{"MODEL.IUQ.INTER.COORDS": mode, "MODEL.IUQ.INTER.NUM_NEGATIVES": 0})
+    )
+    queries = _rel_x_query(model)
+    c = model.mask_head.in_channels
     # One instance in image 1: box centre (52, 60); its only covered cell centres are (44, 60)
     # and (52, 60).
     batch = [
@@ -219,16 +226,8 @@ def test_random_coordinates_lie_within_the_smallest_size_of_interest():
             }
         )
     )
-    head = model.mask_head
-    c = head.in_channels
-    params = torch.zeros(1, head.num_params)
-    w0, w1 = 8 * (c + 2), 8 * 8
-    params[0, 0], params[0, w0], params[0, w0 + w1] = 1.0, 1.0, 1.0
-    queries = Instances((0, 0))
-    queries.mask_head_params = params
-    queries.locations = torch.tensor([[200.0, 40.0]])
-    queries.fpn_levels = torch.tensor([1])  # size of interest 128
-    queries.im_inds = torch.tensor([0])
+    queries = _rel_x_query(model)
+    c = model.mask_head.in_channels
     batch = [
         make_input(64, 64, [], [], seed=0),
         make_input(96, 128, [[40, 56, 58, 64]], [0], seed=1),
@@ -250,16 +249,8 @@ def test_same_class_only_keeps_the_pairs_with_the_query_class():
     model = build_model(
         iuq_config(**{"MODEL.IUQ.INTER.SAME_CLASS_ONLY": True, "MODEL.IUQ.INTER.NUM_NEGATIVES": 0})
     )
-    head = model.mask_head
-    c = head.in_channels
-    params = torch.zeros(1, head.num_params)
-    w0, w1 = 8 * (c + 2), 8 * 8
-    params[0, 0], params[0, w0], params[0, w0 + w1] = 1.0, 1.0, 1.0
-    queries = Instances((0, 0))
-    queries.mask_head_params = params
-    queries.locations = torch.tensor([[200.0, 40.0]])
-    queries.fpn_levels = torch.tensor([1])
-    queries.im_inds = torch.tensor([0])
+    queries = _rel_x_query(model)
+    c = model.mask_head.in_channels
     queries.gt_inds = torch.tensor([0])  # image 0's instance, class 2
     batch = [
         make_input(64, 64, [[8, 8, 40, 40]], [2], seed=0),

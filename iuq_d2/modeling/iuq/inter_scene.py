@@ -215,8 +215,9 @@ class InterSceneCriterion(nn.Module):
             raise ValueError(
                 "MODEL.IUQ.INTER.LOSS_FORM 'dice' takes the default REFERENCE ('zero'), "
                 "NORMALIZATION ('pairs'), EXCLUDE_OWN_FOOTPRINT, SAME_CLASS_ONLY and "
-                f"DETACH_OUTPUT_BIAS (False), got {inter.REFERENCE!r}, {inter.NORMALIZATION!r}, "
-                f"{inter.EXCLUDE_OWN_FOOTPRINT}, {inter.SAME_CLASS_ONLY}, {inter.DETACH_OUTPUT_BIAS}"
+                f"DETACH_OUTPUT_BIAS (False), got {inter.REFERENCE!r}, "
+                f"{inter.NORMALIZATION!r}, {inter.EXCLUDE_OWN_FOOTPRINT}, "
+                f"{inter.SAME_CLASS_ONLY}, {inter.DETACH_OUTPUT_BIAS}"
             )
         if not inter.QUERY_GRAD and not inter.BATCH_ENTRY_GRAD:
             raise ValueError(
