@@ -28,7 +28,10 @@ import sys
 import time
 
 # IUQCondInst with the mapper that makes the equivariance views.
-IUQ_VIEWS = ["MODEL.META_ARCHITECTURE", "IUQCondInst", "INPUT.DATASET_MAPPER_NAME", "iuq"]
+IUQ_VIEWS = [
+    *("MODEL.META_ARCHITECTURE", "IUQCondInst", "INPUT.DATASET_MAPPER_NAME", "iuq"),
+    *("MODEL.IUQ.EQUI.ENABLED", "True"),
+]
 CONDINST = ["MODEL.META_ARCHITECTURE", "CondInst"]
 BANK = ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED", "False"]
 # Config overrides of each variant, applied after the config file and --opts.

@@ -17,6 +17,7 @@ def equi_config(**overrides):
         **{
             "MODEL.META_ARCHITECTURE": "IUQCondInst",
             "MODEL.IUQ.INTER.ENABLED": False,
+            "MODEL.IUQ.EQUI.ENABLED": True,
             "MODEL.CONDINST.MAX_PROPOSALS": -1,
             "MODEL.IUQ.EQUI.FEAT_LOSS_WEIGHT": 1.0,
             **overrides,

@@ -255,6 +255,8 @@ def test_mixed_encodings_train_iuq_with_views(tmp_path, custom_datasets):
         "IUQCondInst",
         "INPUT.DATASET_MAPPER_NAME",
         "iuq",
+        "MODEL.IUQ.EQUI.ENABLED",
+        "True",
         "SOLVER.MAX_ITER",
         "2",
         "SOLVER.IMS_PER_BATCH",

@@ -131,6 +131,8 @@ def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path, small_shape
         "IUQCondInst",
         "INPUT.DATASET_MAPPER_NAME",
         "iuq",
+        "MODEL.IUQ.EQUI.ENABLED",
+        "True",
     )
     main(_args(out, small_shapes, *extra, "DATASETS.TEST", "()"))
     saved = torch.load(out / "model_0000005.pth", weights_only=False)
@@ -203,6 +205,8 @@ def test_two_cpu_processes_train_with_gloo(tmp_path, small_shapes):
         "IUQCondInst",
         "INPUT.DATASET_MAPPER_NAME",
         "iuq",
+        "MODEL.IUQ.EQUI.ENABLED",
+        "True",
         "DATASETS.TEST",
         "()",
     )
