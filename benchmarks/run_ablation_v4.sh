@@ -6,12 +6,9 @@
 # (each run one thread); the last two commands only collect the finished runs into JSON.
 set -e
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-RUN=($PY benchmarks/ablation.py --jobs 1 --root output/ablation_v2)
+source benchmarks/ablation_recipe.sh
 OFF="IUQ (defaults, off own footprint)"
 LOW="IUQ (defaults, weight 0.05)"
-CELLS=(--dataset cells SOLVER.MAX_ITER 1400 SOLVER.STEPS "(1050,1300)"
-    INPUT.MIN_SIZE_TEST 160 INPUT.MAX_SIZE_TEST 256)
 (
     "${RUN[@]}" --seeds 1 2 3 --variants "$OFF"
     "${RUN[@]}" --seeds 1 --variants "$LOW"

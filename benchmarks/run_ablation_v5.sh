@@ -7,12 +7,9 @@
 # last two commands only collect the runs into JSON.
 set -e
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-RUN=($PY benchmarks/ablation.py --jobs 1 --root output/ablation_v2)
+source benchmarks/ablation_recipe.sh
 BASE="CondInst (GN)"
 EQUI="+equivariance (GN, paired, query 3, feat 0)"
-CELLS=(--dataset cells SOLVER.MAX_ITER 1400 SOLVER.STEPS "(1050,1300)"
-    INPUT.MIN_SIZE_TEST 160 INPUT.MAX_SIZE_TEST 256)
 for variant in "$BASE" "$EQUI"; do
     (
         "${RUN[@]}" --seeds 1 2 3 --variants "$variant" "${CELLS[@]}"

@@ -10,15 +10,12 @@
 # Seeds are those that were run; the last commands only collect the runs into JSON.
 set -e
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-RUN=($PY benchmarks/ablation.py --jobs 1 --root output/ablation_v2)
+source benchmarks/ablation_recipe.sh
 RANDOM_PLACE="IUQ (defaults, random placement)"
 SAME="IUQ (defaults, same class only)"
 REPR="IUQ (representation only, instance_centered, weight 1)"
 VIEWS="views only (GN, paired)"
 NOFLIP="+equivariance (GN, paired, query 3, no flip)"
-CELLS=(--dataset cells SOLVER.MAX_ITER 1400 SOLVER.STEPS "(1050,1300)"
-    INPUT.MIN_SIZE_TEST 160 INPUT.MAX_SIZE_TEST 256)
 (
     "${RUN[@]}" --seeds 1 --variants "$RANDOM_PLACE" "$SAME" "${CELLS[@]}"
     "${RUN[@]}" --seeds 1 --variants "$RANDOM_PLACE" "$SAME"

@@ -1,0 +1,7 @@
+# Sourced by run_ablation_v4.sh and later, from the repository root: the interpreter, ablation.py
+# with one core per run under output/ablation_v2, and the options of the cells recipe (1400
+# iterations, tested at 160 pixels; shapes runs take the demo config's own).
+PY=${PY:-.venv/bin/python}
+RUN=($PY benchmarks/ablation.py --jobs 1 --root output/ablation_v2)
+CELLS=(--dataset cells SOLVER.MAX_ITER 1400 SOLVER.STEPS "(1050,1300)"
+    INPUT.MIN_SIZE_TEST 160 INPUT.MAX_SIZE_TEST 256)
