@@ -281,7 +281,7 @@ class InterSceneCriterion(nn.Module):
             classes = torch.cat([x.gt_classes for x in gt_instances])[instances]
         else:
             centers = positions.clone()
-            classes = images.clone()
+            classes = torch.full_like(images, -1)
         entries = BankEntries(
             feats=feats if with_grad else feats.detach(),
             positions=positions,
