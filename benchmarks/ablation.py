@@ -134,6 +134,12 @@ VARIANTS = {
     "views only (extra)": IUQ_VIEWS + NO_BANK + EXTRA + equi_weights(0.0, 0.0),
     "+equivariance (extra, query 1, feat 0)": IUQ_VIEWS + NO_BANK + EXTRA + equi_weights(1.0, 0.0),
     "+equivariance (extra, query 0, feat 1)": IUQ_VIEWS + NO_BANK + EXTRA + equi_weights(0.0, 1.0),
+    # The query term at a tenth of the paper's weight: at 3 its gradient into the controller is
+    # 5x the mask loss's (docs/method.md).
+    "+equivariance (extra, query 0.3, feat 0)": IUQ_VIEWS
+    + NO_BANK
+    + EXTRA
+    + equi_weights(0.3, 0.0),
     # What "paired" does to the originals: CondInst with as many dataset images per step.
     "CondInst (IMS_PER_BATCH 2)": [
         "MODEL.META_ARCHITECTURE",
