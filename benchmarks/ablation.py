@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "Demo", "shapes_CondInst.yaml")
 # The bank's weight and query cap pinned to what the recorded runs used (weight 1, every query;
-# the defaults are now 0.25 and 64), so that a variant keeps meaning what it was run with.
+# the defaults are now 0.1 and 64), so that a variant keeps meaning what it was run with.
 IUQ = [
     *("MODEL.META_ARCHITECTURE", "IUQCondInst"),
     *("MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0", "MODEL.IUQ.INTER.MAX_QUERIES", "-1"),
@@ -140,6 +140,13 @@ VARIANTS = {
     + NO_BANK
     + EXTRA
     + equi_weights(0.3, 0.0),
+    # What "extra" adds besides the views: CondInst with as many images per step, all distinct.
+    "CondInst (IMS_PER_BATCH 8)": [
+        "MODEL.META_ARCHITECTURE",
+        "CondInst",
+        "SOLVER.IMS_PER_BATCH",
+        "8",
+    ],
     # What "paired" does to the originals: CondInst with as many dataset images per step.
     "CondInst (IMS_PER_BATCH 2)": [
         "MODEL.META_ARCHITECTURE",

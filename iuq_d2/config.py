@@ -156,8 +156,8 @@ def add_iuq_config(cfg: CN) -> None:
     # image relative to the query's location; "instance_centered" places the query at the centre
     # of the pixel's instance (hard negatives), which cost ~10 mask AP in the shapes ablation
     # (benchmarks/results/ablation_shapes_cpu.json), hence not the default. "random" places
-    # the query at a random point within the smallest size of interest of each pixel (per
-    # entry, uniform in that square), between the two.
+    # the query at a random offset from each pixel, uniform within +-min(SIZES_OF_INTEREST)
+    # (64 px by default) in x and y and drawn per entry: near the object, between the two.
     _C.MODEL.IUQ.INTER.COORDS = "overlay"
     # Entries the bank holds (first in, first out), identical on every GPU.
     _C.MODEL.IUQ.INTER.BANK_SIZE = 100000
@@ -225,11 +225,12 @@ def add_iuq_config(cfg: CN) -> None:
     # Equivariance: every training image I gets a view g(I) (aligned crop, optional horizontal
     # flip, rescale), made in the dataset mapper before padding so that g is known exactly.
     _C.MODEL.IUQ.EQUI = CN()
-    # Off by default: the query term was below the same views without it by 12 to 22 mask AP
-    # in every mode measured (paired with BatchNorm or GroupNorm, with or without flips, and
-    # extra), on both embedded datasets (docs/method.md). On, it needs
-    # INPUT.DATASET_MAPPER_NAME "iuq"; configs/IUQ-CondInst/*_equivariance.yaml is the paper's
-    # recipe.
+    # Off by default: on both embedded datasets the query term was below the same views without
+    # it in every mode measured (paired with BatchNorm or GroupNorm, with or without flips, and
+    # extra): by 12 to 22 mask AP where the views alone train well, by less where paired views
+    # alone already collapse (docs/method.md). On, it needs
+    # INPUT.DATASET_MAPPER_NAME "iuq"; configs/IUQ-CondInst/MS_R_50_1x_equivariance.yaml is the
+    # paper's recipe.
     _C.MODEL.IUQ.EQUI.ENABLED = False
     # "paired": the views are part of SOLVER.IMS_PER_BATCH (the loader yields IMS_PER_BATCH / 2
     # originals, each with its view), so an iteration costs about a baseline iteration.
