@@ -1,43 +1,41 @@
 #!/bin/bash
-# The seeds the earlier screens left out, so that every equivariance comparison has 3 seeds on
-# both datasets: shapes seeds 2 and 3 of run_ablation_v6.sh (extra mode) and of
-# run_ablation_v5.sh/v7.sh (GroupNorm, paired; the views-only control on all three), then
-# seeds 2 and 3 of run_ablation_v7.sh's two bank placements on both datasets, and one screen of
-# ours: the query term at a tenth of the paper's weight in extra mode (cells, seed 1). Full demo
-# recipe, one core per run, two chains; the last commands only collect the runs into JSON.
+# The controls the earlier screens left out, full demo recipe, one core per run, two chains:
+# - shapes, GroupNorm, paired: the views without their losses (seeds 1-3) beside GroupNorm
+#   CondInst (seeds 2-3; seed 1 and the query term are run_ablation_v5.sh's): what halving the
+#   distinct images per step costs on shapes;
+# - the views in extra mode (8 images per step): shapes seeds 2-3 of run_ablation_v6.sh's
+#   views-only run, against CondInst with 8 distinct images per step (IMS_PER_BATCH 8, cells
+#   seeds 1-3, shapes seed 2): is their gain the views' or the batch's?
+# - ours: the query term at a tenth of the paper's weight in extra mode (cells, seed 1).
+# The last commands only collect the runs into JSON.
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
 XVIEWS="views only (extra)"
-XEQUI="+equivariance (extra, query 3, feat 0)"
 XLIGHT="+equivariance (extra, query 0.3, feat 0)"
+BIG="CondInst (IMS_PER_BATCH 8)"
 GN="CondInst (GN)"
 GVIEWS="views only (GN, paired)"
-GEQUI="+equivariance (GN, paired, query 3, feat 0)"
-RANDOM_PLACE="IUQ (defaults, random placement)"
-SAME="IUQ (defaults, same class only)"
 (
-    "${RUN[@]}" --seeds 2 3 --variants "$XVIEWS" "$XEQUI"
-    "${RUN[@]}" --seeds 2 3 --variants "$RANDOM_PLACE" "${CELLS[@]}"
-    "${RUN[@]}" --seeds 2 3 --variants "$SAME" "${CELLS[@]}"
+    "${RUN[@]}" --seeds 2 --variants "$XVIEWS"
+    "${RUN[@]}" --seeds 1 --variants "$BIG" "${CELLS[@]}"
+    "${RUN[@]}" --seeds 2 --variants "$BIG"
+    "${RUN[@]}" --seeds 2 3 --variants "$BIG" "${CELLS[@]}"
+    "${RUN[@]}" --seeds 3 --variants "$XVIEWS"
 ) &
 (
-    "${RUN[@]}" --seeds 1 2 3 --variants "$GVIEWS"
-    "${RUN[@]}" --seeds 2 3 --variants "$GN" "$GEQUI"
+    "${RUN[@]}" --seeds 1 --variants "$GVIEWS"
     "${RUN[@]}" --seeds 1 --variants "$XLIGHT" "${CELLS[@]}"
-    "${RUN[@]}" --seeds 2 3 --variants "$RANDOM_PLACE"
-    "${RUN[@]}" --seeds 2 3 --variants "$SAME"
+    "${RUN[@]}" --seeds 2 3 --variants "$GVIEWS" "$GN"
 ) &
 wait
-"${RUN[@]}" --seeds 2 3 --out benchmarks/results/ablation_v8_shapes_extra_cpu.json \
-    --variants "$XVIEWS" "$XEQUI"
-"${RUN[@]}" --seeds 2 3 --out benchmarks/results/ablation_v8_shapes_gn_cpu.json \
-    --variants "$GN" "$GEQUI"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v8_shapes_gn_views_cpu.json \
     --variants "$GVIEWS"
-"${RUN[@]}" --seeds 2 3 --out benchmarks/results/ablation_v8_shapes_bank_cpu.json \
-    --variants "$RANDOM_PLACE" "$SAME"
-"${RUN[@]}" --seeds 2 3 --out benchmarks/results/ablation_v8_cells_bank_cpu.json \
-    --variants "$RANDOM_PLACE" "$SAME" "${CELLS[@]}"
+"${RUN[@]}" --seeds 2 3 --out benchmarks/results/ablation_v8_shapes_gn_cpu.json --variants "$GN"
+"${RUN[@]}" --seeds 2 3 --out benchmarks/results/ablation_v8_shapes_extra_cpu.json \
+    --variants "$XVIEWS"
+"${RUN[@]}" --seeds 2 --out benchmarks/results/ablation_v8_shapes_big_cpu.json --variants "$BIG"
+"${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v8_cells_big_cpu.json \
+    --variants "$BIG" "${CELLS[@]}"
 "${RUN[@]}" --seeds 1 --out benchmarks/results/ablation_v8_cells_light_cpu.json \
     --variants "$XLIGHT" "${CELLS[@]}"
