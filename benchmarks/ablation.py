@@ -183,8 +183,9 @@ def final_metrics(output_dir: str):
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        last = [json.loads(line) for line in f][-1]
-    return last if "segm/AP" in last else None
+        lines = [json.loads(line) for line in f if line.strip()]
+    # A run stopped before its first log period leaves the file empty.
+    return lines[-1] if lines and "segm/AP" in lines[-1] else None
 
 
 def dataset_opts(dataset: str):
