@@ -19,9 +19,8 @@ GN="CondInst (GN)"
 GVIEWS="views only (GN, paired)"
 (
     "${RUN[@]}" --seeds 2 --variants "$XVIEWS"
-    "${RUN[@]}" --seeds 1 --variants "$BIG" "${CELLS[@]}"
+    "${RUN[@]}" --seeds 1 2 3 --variants "$BIG" "${CELLS[@]}"
     "${RUN[@]}" --seeds 2 --variants "$BIG"
-    "${RUN[@]}" --seeds 2 3 --variants "$BIG" "${CELLS[@]}"
 ) &
 (
     "${RUN[@]}" --seeds 1 --variants "$GVIEWS"
