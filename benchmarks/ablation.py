@@ -147,6 +147,8 @@ VARIANTS = {
         "SOLVER.IMS_PER_BATCH",
         "8",
     ],
+    # The default bank where the demo recipe is not batch-limited: beside the CondInst above.
+    "IUQ (defaults, IMS_PER_BATCH 8)": DEFAULT_BANK + ["SOLVER.IMS_PER_BATCH", "8"],
     # What "paired" does to the originals: CondInst with as many dataset images per step.
     "CondInst (IMS_PER_BATCH 2)": [
         "MODEL.META_ARCHITECTURE",
