@@ -50,8 +50,9 @@ def add_condinst_config(cfg: CN) -> None:
     _C.MODEL.FCOS.USE_SCALE = True
     # Box quality branch. Only "ctrness" (centerness) is implemented.
     _C.MODEL.FCOS.BOX_QUALITY = "ctrness"
-    # Multiply scores by centerness before (True) or after (False) the score threshold.
-    _C.MODEL.FCOS.THRESH_WITH_CTR = True
+    # Multiply scores by centerness before (True) or after (False) the score threshold. False
+    # as in AdelaiDet's defaults; its Base-CondInst.yaml and ours set True.
+    _C.MODEL.FCOS.THRESH_WITH_CTR = False
     # Focal loss parameters of the classification branch.
     _C.MODEL.FCOS.LOSS_ALPHA = 0.25
     _C.MODEL.FCOS.LOSS_GAMMA = 2.0
