@@ -149,6 +149,8 @@ VARIANTS = {
     ],
     # The default bank where the demo recipe is not batch-limited: beside the CondInst above.
     "IUQ (defaults, IMS_PER_BATCH 8)": DEFAULT_BANK + ["SOLVER.IMS_PER_BATCH", "8"],
+    "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25)": DEFAULT_BANK
+    + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
     # What "paired" does to the originals: CondInst with as many dataset images per step.
     "CondInst (IMS_PER_BATCH 2)": [
         "MODEL.META_ARCHITECTURE",
