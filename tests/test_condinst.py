@@ -42,6 +42,18 @@ def _our_table(cfg):
     }
 
 
+def _adelaidet_r50_config():
+    """Our configs/CondInst/MS_R_50_1x.yaml with the two overrides AdelaiDet's reference data
+    was made with (CPU, no weights)."""
+    cfg = load_config(
+        os.path.join(os.path.dirname(__file__), "..", "configs", "CondInst", "MS_R_50_1x.yaml"),
+        freeze=False,
+    )
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    return cfg
+
+
 @pytest.mark.parametrize(
     "listing,semantic",
     [
@@ -50,12 +62,7 @@ def _our_table(cfg):
     ],
 )
 def test_state_dict_matches_adelaidet(listing, semantic):
-    cfg = load_config(
-        os.path.join(os.path.dirname(__file__), "..", "configs", "CondInst", "MS_R_50_1x.yaml"),
-        freeze=False,
-    )
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
+    cfg = _adelaidet_r50_config()
     cfg.MODEL.CONDINST.MASK_BRANCH.SEMANTIC_LOSS_ON = semantic
     ours = _our_table(cfg)
     theirs = _reference_table(listing)
@@ -67,7 +74,7 @@ def test_state_dict_matches_adelaidet(listing, semantic):
 
 def _mismatches(theirs: dict, ours, prefix: str = ""):
     """Keys of the AdelaiDet dump (subtrees or values) whose value differs in ours; keys we do
-    not define are left to the key-coverage list of the README."""
+    not define are skipped."""
     out = {}
     for key, value in theirs.items():
         if key not in ours:
@@ -82,13 +89,7 @@ def _mismatches(theirs: dict, ours, prefix: str = ""):
 
 def test_merged_config_matches_adelaidet():
     """Every value AdelaiDet's MS_R_50_1x.yaml ends with is ours too (defaults + _BASE_ chain)."""
-    cfg = load_config(
-        os.path.join(os.path.dirname(__file__), "..", "configs", "CondInst", "MS_R_50_1x.yaml"),
-        freeze=False,
-    )
-    # The two overrides the dump was made with.
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
+    cfg = _adelaidet_r50_config()
     with open(os.path.join(BUNDLED, "adelaidet_condinst_R50_config.yaml")) as f:
         theirs = yaml.safe_load(f)
     assert _mismatches(theirs, cfg) == {}
