@@ -120,6 +120,11 @@ def add_condinst_config(cfg: CN) -> None:
     # SOLVER.WEIGHT_DECAY* and the learning rate schedule.
     _C.SOLVER.OPTIMIZER = "SGD"
 
+    # AdelaiDet's horizontal flip switch: False drops the training flip that INPUT.RANDOM_FLIP
+    # asks for (AdelaiDet flips horizontally whenever this is True).
+    _C.INPUT.HFLIP_TRAIN = True
+    _add_adelaidet_only_keys(_C)
+
     # COCO-format datasets to register at set-up, each [name, json_file, image_root]; their
     # names can then be used in DATASETS.TRAIN / DATASETS.TEST.
     _C.DATASETS.CUSTOM_COCO = []
@@ -127,6 +132,85 @@ def add_condinst_config(cfg: CN) -> None:
     # or "iuq" (IUQDatasetMapper, which adds the paired equivariance view of every image, as
     # IUQCondInst with MODEL.IUQ.EQUI.ENABLED needs). Test loaders always use "condinst".
     _C.INPUT.DATASET_MAPPER_NAME = "condinst"
+
+
+def _add_adelaidet_only_keys(cfg: CN) -> None:
+    """Keys of AdelaiDet features that iuq_d2 does not implement, with AdelaiDet's defaults, so
+    that its yaml files and the config.yaml of its training runs merge. A value other than the
+    default is refused by ``check_adelaidet_only_keys``; keys whose feature is off are free."""
+    _C = cfg
+    # BoxInst (box-supervised CondInst): only ENABLED False.
+    _C.MODEL.BOXINST = CN()
+    _C.MODEL.BOXINST.ENABLED = False
+    # Read by BoxInst only: rows of image bottom ignored, and its pairwise colour loss.
+    _C.MODEL.BOXINST.BOTTOM_PIXELS_REMOVED = 10
+    _C.MODEL.BOXINST.PAIRWISE = CN()
+    _C.MODEL.BOXINST.PAIRWISE.SIZE = 3
+    _C.MODEL.BOXINST.PAIRWISE.DILATION = 2
+    _C.MODEL.BOXINST.PAIRWISE.WARMUP_ITERS = 10000
+    _C.MODEL.BOXINST.PAIRWISE.COLOR_THRESH = 0.3
+    # Rows removed from the bottom of CondInst's images (-1: none); only -1.
+    _C.MODEL.CONDINST.BOTTOM_PIXELS_REMOVED = -1
+    # Run the dynamic mask head in half precision; only False (SOLVER.AMP.ENABLED covers it).
+    _C.MODEL.CONDINST.MASK_HEAD.USE_FP16 = False
+    # Classification loss normaliser; only "fg" (the number of positives over all GPUs).
+    _C.MODEL.FCOS.LOSS_NORMALIZER_CLS = "fg"
+    # Post-processing of the proposals FCOS yields in training when YIELD_PROPOSAL is True.
+    _C.MODEL.FCOS.INFERENCE_TH_TRAIN = 0.05
+    _C.MODEL.FCOS.PRE_NMS_TOPK_TRAIN = 1000
+    _C.MODEL.FCOS.POST_NMS_TOPK_TRAIN = 100
+    # Hand training proposals and box-tower features to a second stage; only False.
+    _C.MODEL.FCOS.YIELD_PROPOSAL = False
+    _C.MODEL.FCOS.YIELD_BOX_FEATURES = False
+    # Deformable convolution in every n-th block of a deformable stage; only 1.
+    _C.MODEL.RESNETS.DEFORM_INTERVAL = 1
+    # Anti-aliased (blur-pooled) ResNet; only False.
+    _C.MODEL.BACKBONE.ANTI_ALIAS = False
+    # With INPUT.CROP.ENABLED, crop so that an instance stays inside; only False when cropping
+    # (detectron2's RandomCrop).
+    _C.INPUT.CROP.CROP_INSTANCE = True
+    # Random rotation in training; only False.
+    _C.INPUT.IS_ROTATE = False
+
+
+# (key, the only value iuq_d2 implements, the key that must be on for the value to matter).
+_ADELAIDET_ONLY_VALUES = (
+    ("MODEL.BOXINST.ENABLED", False, None),
+    ("MODEL.CONDINST.BOTTOM_PIXELS_REMOVED", -1, None),
+    ("MODEL.CONDINST.MASK_HEAD.USE_FP16", False, None),
+    ("MODEL.FCOS.LOSS_NORMALIZER_CLS", "fg", None),
+    ("MODEL.FCOS.YIELD_PROPOSAL", False, None),
+    ("MODEL.FCOS.YIELD_BOX_FEATURES", False, None),
+    ("MODEL.BACKBONE.ANTI_ALIAS", False, None),
+    ("INPUT.IS_ROTATE", False, None),
+    ("INPUT.CROP.CROP_INSTANCE", False, "INPUT.CROP.ENABLED"),
+)
+
+
+def _get(cfg: CN, key: str):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def check_adelaidet_only_keys(cfg: CN) -> None:
+    """Refuse values of AdelaiDet keys that select a feature iuq_d2 does not implement, naming
+    the key, rather than train something other than what the config says."""
+    for key, supported, needs in _ADELAIDET_ONLY_VALUES:
+        value = _get(cfg, key)
+        if value != supported and (needs is None or _get(cfg, needs)):
+            where = f" when {needs} is True" if needs else ""
+            raise ValueError(
+                f"{key}={value!r} selects an AdelaiDet feature that iuq_d2 does not implement; "
+                f"only {supported!r} is supported{where}"
+            )
+    deformable = any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE)
+    if deformable and cfg.MODEL.RESNETS.DEFORM_INTERVAL != 1:
+        raise ValueError(
+            f"MODEL.RESNETS.DEFORM_INTERVAL={cfg.MODEL.RESNETS.DEFORM_INTERVAL} is not "
+            "implemented: detectron2's ResNet makes every block of a deformable stage deformable "
+            "(interval 1)"
+        )
 
 
 def add_iuq_config(cfg: CN) -> None:

@@ -73,13 +73,14 @@ def test_state_dict_matches_adelaidet(listing, semantic):
 
 
 def _mismatches(theirs: dict, ours, prefix: str = ""):
-    """Keys of the AdelaiDet dump (subtrees or values) whose value differs in ours; keys we do
-    not define are skipped."""
+    """Keys of the AdelaiDet dump (subtrees or values) whose value differs in ours, or which
+    ours lacks (value None)."""
     out = {}
     for key, value in theirs.items():
-        if key not in ours:
-            continue
         name = prefix + key
+        if key not in ours:
+            out[name] = None
+            continue
         if isinstance(value, dict):
             out.update(_mismatches(value, ours[key], name + "."))
         elif (list(ours[key]) if isinstance(ours[key], tuple) else ours[key]) != value:
@@ -94,6 +95,41 @@ def test_merged_config_matches_adelaidet():
         theirs = yaml.safe_load(f)
     assert _mismatches(theirs, cfg) == {}
     assert cfg.MODEL.FCOS.THRESH_WITH_CTR is True
+
+
+def test_adelaidet_dumped_config_loads():
+    """The config.yaml an AdelaiDet run writes (every key it knows) loads, for --eval-only on
+    its checkpoint."""
+    cfg = load_config(os.path.join(BUNDLED, "adelaidet_condinst_R50_config.yaml"))
+    assert cfg.MODEL.BOXINST.ENABLED is False
+    assert cfg.INPUT.HFLIP_TRAIN is True
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("MODEL.BOXINST.ENABLED", True),
+        ("MODEL.CONDINST.BOTTOM_PIXELS_REMOVED", 10),
+        ("MODEL.CONDINST.MASK_HEAD.USE_FP16", True),
+        ("MODEL.FCOS.LOSS_NORMALIZER_CLS", "moving_fg"),
+        ("MODEL.FCOS.YIELD_PROPOSAL", True),
+        ("MODEL.BACKBONE.ANTI_ALIAS", True),
+        ("INPUT.IS_ROTATE", True),
+    ],
+)
+def test_adelaidet_features_we_lack_are_refused(key, value):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        load_config(None, [key, str(value)])
+
+
+def test_adelaidet_crop_and_deform_keys_matter_only_when_their_feature_is_on():
+    load_config(None, ["INPUT.CROP.CROP_INSTANCE", "True", "MODEL.RESNETS.DEFORM_INTERVAL", "2"])
+    with pytest.raises(ValueError, match="INPUT.CROP.CROP_INSTANCE=True .* INPUT.CROP.ENABLED"):
+        load_config(None, ["INPUT.CROP.ENABLED", "True"])
+    load_config(None, ["INPUT.CROP.ENABLED", "True", "INPUT.CROP.CROP_INSTANCE", "False"])
+    deform = ["MODEL.RESNETS.DEFORM_ON_PER_STAGE", "[False, True, True, True]"]
+    with pytest.raises(ValueError, match="DEFORM_INTERVAL=2"):
+        load_config(None, deform + ["MODEL.RESNETS.DEFORM_INTERVAL", "2"])
 
 
 def test_controller_emits_169_parameters_for_default_head():

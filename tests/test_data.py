@@ -288,6 +288,15 @@ def test_unusable_annotations_are_skipped(tmp_path, caplog):
         assert len(mapper(d)["instances"]) == expected
 
 
+@pytest.mark.parametrize("hflip", [True, False])
+def test_hflip_train_switches_the_training_flip(hflip):
+    """AdelaiDet's INPUT.HFLIP_TRAIN: False trains without the flip, test mapping never flips."""
+    cfg = make_cfg(**{"INPUT.HFLIP_TRAIN": hflip})
+    augs = [CondInstDatasetMapper(cfg, is_train).augmentations.augs for is_train in (True, False)]
+    flips = [sum(isinstance(a, T.RandomFlip) for a in a_list) for a_list in augs]
+    assert flips == [int(hflip), 0]
+
+
 @pytest.fixture
 def custom_names():
     names = []

@@ -45,6 +45,17 @@ class CondInstDatasetMapper(DatasetMapper):
     # IUQDatasetMapper), which IUQCondInst's equivariance losses read.
     makes_views = False
 
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
+        """detectron2's arguments, less the training flip where INPUT.HFLIP_TRAIN (AdelaiDet's
+        switch) is False."""
+        ret = super().from_config(cfg, is_train)
+        if is_train and not cfg.INPUT.HFLIP_TRAIN:
+            ret["augmentations"] = [
+                a for a in ret["augmentations"] if not isinstance(a, T.RandomFlip)
+            ]
+        return ret
+
     def load_image(self, dataset_dict: Dict[str, Any]) -> np.ndarray:
         """Read the image of ``dataset_dict`` in ``self.image_format`` and check its size
         against the dict's width/height."""

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import torch
 from detectron2.config import CfgNode, get_cfg
 
-from ..config import add_condinst_config, add_iuq_config
+from ..config import add_condinst_config, add_iuq_config, check_adelaidet_only_keys
 from ..data import check_num_classes, choose_mask_format, register_custom_coco
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ def load_config(
     Also what every run needs before a model or loader is built, so that training, evaluation,
     the demo and the benchmarks agree: a CUDA config falls back to the CPU on a machine without
     CUDA (configs name ``cuda`` and tests, demos and CI run on CPUs), AMP on the CPU is refused,
+    so are AdelaiDet keys set to a feature iuq_d2 lacks (``check_adelaidet_only_keys``),
     DATASETS.CUSTOM_COCO is registered and MODEL.FCOS.NUM_CLASSES is checked against the
     datasets, so that a mismatch fails here rather than mid-training, and INPUT.MASK_FORMAT
     becomes "bitmask" where a training dataset has RLE masks (``choose_mask_format``).
@@ -41,6 +42,7 @@ def load_config(
         cfg.MODEL.DEVICE = "cpu"
     if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
         raise ValueError("SOLVER.AMP.ENABLED True needs a CUDA device; this run is on the CPU")
+    check_adelaidet_only_keys(cfg)
     register_custom_coco(cfg)
     check_num_classes(cfg)
     choose_mask_format(cfg)
