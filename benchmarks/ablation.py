@@ -151,6 +151,12 @@ VARIANTS = {
     "IUQ (defaults, IMS_PER_BATCH 8)": DEFAULT_BANK + ["SOLVER.IMS_PER_BATCH", "8"],
     "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25)": DEFAULT_BANK
     + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
+    # The same without the overlay pairs that fall on the query's own instance, where a
+    # look-alike of another image contradicts the mask loss (shapes: large objects, many such
+    # pairs; cells: small ones, few).
+    "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint)": DEFAULT_BANK
+    + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
+    + OFF_FOOTPRINT,
     # What "paired" does to the originals: CondInst with as many dataset images per step.
     "CondInst (IMS_PER_BATCH 2)": [
         "MODEL.META_ARCHITECTURE",
