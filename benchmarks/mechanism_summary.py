@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """One table over many ``benchmarks/mechanism.py`` results: per dataset and variant, the mean and
-spread over seeds of the inter-scene false firing at the foreign instances' own positions and of
-the mask sharpness. Files are named ``<dataset>_<variant>_seed<N>.json``.
+spread over seeds of the inter-scene false firing at the foreign instances' own positions (all,
+on the query's own instance when laid over its image, off it, and the share of the firing that
+lies on it) and of the mask sharpness. Files are named ``<dataset>_<variant>_seed<N>.json``.
 
     python benchmarks/mechanism_summary.py benchmarks/results/mechanism_ims8/*_seed*.json \
         --out benchmarks/results/mechanism_ims8/summary.json
@@ -10,15 +11,35 @@ the mask sharpness. Files are named ``<dataset>_<variant>_seed<N>.json``.
 import argparse
 import collections
 import json
+import math
 import os
 import re
 import statistics
 from typing import Dict, List, Tuple
 
+
+def firing(placement: str, field: str = "pixel_frac_firing"):
+    """Reader of one false-firing number; NaN in results written before ``placement`` was
+    measured."""
+    return lambda d: d["false_firing"].get(placement, {}).get(field, math.nan)
+
+
+def share_on_own_instance(d: dict) -> float:
+    """Of the matched detections' firing pixels, the fraction on the query's own instance."""
+    parts = [d["false_firing"].get(k) for k in ("on_own_instance", "off_own_instance")]
+    if None in parts:
+        return math.nan
+    on, off = (p["pixel_frac_firing"] * p["num_pixels"] for p in parts)
+    return on / (on + off) if on + off else math.nan
+
+
 # (column, how to read it from a mechanism.py result, factor for the table)
 COLUMNS = (
-    ("firing %", lambda d: d["false_firing"]["own_position"]["pixel_frac_firing"], 100.0),
-    ("foreign mean p", lambda d: d["false_firing"]["own_position"]["pixel_mean_prob"], 1.0),
+    ("firing %", firing("own_position"), 100.0),
+    ("foreign mean p", firing("own_position", "pixel_mean_prob"), 1.0),
+    ("on own inst. %", firing("on_own_instance"), 100.0),
+    ("off own inst. %", firing("off_own_instance"), 100.0),
+    ("firing share on own %", share_on_own_instance, 100.0),
     ("p on GT mask", lambda d: d["sharpness"]["mean_prob_inside"], 1.0),
     ("p off mask in box", lambda d: d["sharpness"]["mean_prob_outside"], 1.0),
 )
@@ -46,16 +67,17 @@ def main() -> None:
     args = parser.parse_args()
     rows = read(args.results)
     header = " ".join(f"{name:>17}" for name, _, _ in COLUMNS)
-    print(f"{'dataset':8} {'variant':44} {'seeds':>5} {header}")
+    print(f"{'dataset':8} {'variant':62} {'seeds':>5} {header}")
     summary = []
     for (dataset, variant), by_seed in sorted(rows.items()):
         columns = list(zip(*by_seed.values()))
-        means = [statistics.mean(c) for c in columns]
-        spreads = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in columns]
+        measured = [[v for v in c if not math.isnan(v)] for c in columns]
+        means = [statistics.mean(c) if c else math.nan for c in measured]
+        spreads = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in measured]
         cells = " ".join(
             f"{m * k:>9.3f} ± {s * k:5.3f}" for m, s, (_, _, k) in zip(means, spreads, COLUMNS)
         )
-        print(f"{dataset:8} {variant:44} {len(by_seed):>5} {cells}")
+        print(f"{dataset:8} {variant:62} {len(by_seed):>5} {cells}")
         names = [name for name, _, _ in COLUMNS]
         summary.append(
             {

@@ -85,6 +85,17 @@ def test_false_firing_follows_the_placement():
     assert rel.pair_frac_firing == rel.pixel_frac_firing == 0.5
 
 
+def test_false_firing_on_and_off_the_own_instance():
+    # B laid over A: of B's 8 x 8 instance cells only (4, 4), at pixel (16, 16), lies on A's
+    # instance (cells 0..4). logit = (9 - p_x) + (10 - p_y) + 15 is 2 there and < 0 on every
+    # other cell of B's instance, so the head fires on exactly the footprint pixel.
+    stats = false_firing(_head(), 8, _two_images([1.0, 1.0, 0.0, 15.0], 0.0), num_others=1)
+    on, off = stats["on_own_instance"], stats["off_own_instance"]
+    assert (on.num_pixels, off.num_pixels) == (1, 63)
+    assert on.pixel_frac_firing == 1.0 and off.pixel_frac_firing == 0.0
+    assert stats["own_position"].pixel_frac_firing == pytest.approx(1 / 64)
+
+
 @pytest.mark.parametrize("feat", [2.0, -2.0])
 def test_false_firing_of_a_head_reading_f(feat):
     stats = false_firing(_head(), 8, _two_images([0.0, 0.0, 1.0, 0.0], feat), num_others=1)
@@ -138,10 +149,14 @@ def test_tiny_model_end_to_end(tiny_model):
         max_per_image=4,
         num_others=2,
     )
-    for s in stats.values():
+    for name in ("own_position", "relative"):
+        s = stats[name]
         assert s.num_pairs == 3 * 2 * 4
         for value in (s.pair_frac_firing, s.pair_mean_prob, s.pixel_frac_firing, s.pixel_mean_prob):
             assert 0.0 <= value <= 1.0
+    # The matched detections' pixels, split in two.
+    on, off = stats["on_own_instance"], stats["off_own_instance"]
+    assert on.num_pixels + off.num_pixels <= stats["own_position"].num_pixels
     sharp = mask_sharpness(encoded, tiny_model.mask_head.mask_out_stride, score_thresh=0.0)
     assert sharp.num_confident == 3 * 10
 

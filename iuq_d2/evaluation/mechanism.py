@@ -154,17 +154,20 @@ class _FiringTally:
         self.firing = self.prob_sum = self.pixels = 0.0
 
     def add(self, probs: Tensor, masks: Tensor) -> None:
-        """probs [Q, G, H, W] of Q queries on the G instances' masks [G, H, W]."""
-        pixels = masks.sum()
-        if pixels == 0:
+        """probs [Q, G, H, W] of Q queries on the G instances' masks, [G, H, W] shared by the
+        queries or [Q, G, H, W] per query; a query with no pixel is not a pair."""
+        masks = masks.expand_as(probs)
+        pixels = masks.sum(dim=(1, 2, 3))
+        keep = pixels > 0
+        if not keep.any():
             return
         firing = ((probs > 0.5) * masks).sum(dim=(1, 2, 3))
         prob_sum = (probs * masks).sum(dim=(1, 2, 3))
-        self.frac.append(firing / pixels)
-        self.prob.append(prob_sum / pixels)
+        self.frac.append(firing[keep] / pixels[keep])
+        self.prob.append(prob_sum[keep] / pixels[keep])
         self.firing += firing.sum().item()
         self.prob_sum += prob_sum.sum().item()
-        self.pixels += pixels.item() * len(probs)
+        self.pixels += pixels.sum().item()
 
     def stats(self) -> FiringStats:
         frac = torch.cat(self.frac) if self.frac else torch.zeros(0)
@@ -189,6 +192,16 @@ def _queries(params: Tensor, locations: Tensor, fpn_levels: Tensor) -> Instances
     return queries
 
 
+def _overlaid(gt_masks: Tensor, matched: Tensor, size: Tuple[int, int]) -> Tensor:
+    """[Q, H, W] each detection's matched ground-truth mask on a canvas of ``size`` with the
+    same top-left origin (zero where the detection has no match or the mask does not reach)."""
+    out = gt_masks.new_zeros(len(matched), *size)
+    h, w = min(gt_masks.shape[-2], size[0]), min(gt_masks.shape[-1], size[1])
+    hit = matched >= 0
+    out[hit, :h, :w] = gt_masks[matched[hit], :h, :w]
+    return out
+
+
 @torch.no_grad()
 def false_firing(
     head: DynamicMaskHead,
@@ -207,8 +220,14 @@ def false_firing(
     those it sees on its own instance: location = centre(B's instance) + location - centre(own),
     where own is A's ground-truth box it matches (IoU >= ``iou_thresh``), else its own box.
     (The inter-scene loss's "instance_centered" mode puts the query at the centre itself.)
+
+    ``own_position`` is also split, for the detections that match a ground-truth instance of A,
+    into the pixels of B that lie on that instance when B is laid over A (``on_own_instance``:
+    where the mask loss asks the head to fire, the pairs ``EXCLUDE_OWN_FOOTPRINT`` leaves out)
+    and the others (``off_own_instance``).
     """
-    tallies = {"own_position": _FiringTally(), "relative": _FiringTally()}
+    names = ("own_position", "relative", "on_own_instance", "off_own_instance")
+    tallies = {name: _FiringTally() for name in names}
     n = len(encoded)
     for a, image_a in enumerate(encoded):
         q = confident(image_a.detections, score_thresh, max_per_image)
@@ -232,6 +251,11 @@ def false_firing(
                 _queries(q.mask_head_params, q.locations, q.fpn_levels),
             ).sigmoid()
             tallies["own_position"].add(own.expand(-1, num_gt, -1, -1), masks)
+            footprint = _overlaid(image_a.gt.gt_bitmasks, matched, masks.shape[-2:])
+            on = masks[None] * footprint[:, None]
+            tallies["on_own_instance"].add(own.expand(-1, num_gt, -1, -1), on)
+            off = masks[None] * (matched >= 0)[:, None, None, None] - on
+            tallies["off_own_instance"].add(own.expand(-1, num_gt, -1, -1), off)
             moved = image_b.gt.gt_boxes.get_centers()[None] + offsets[:, None]  # [Q, G, 2]
             rel = head(
                 image_b.mask_feats,
