@@ -157,6 +157,9 @@ VARIANTS = {
     "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint)": DEFAULT_BANK
     + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
     + OFF_FOOTPRINT,
+    "IUQ (defaults, IMS_PER_BATCH 8, weight 1, off own footprint)": DEFAULT_BANK
+    + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"]
+    + OFF_FOOTPRINT,
     # What "paired" does to the originals: CondInst with as many dataset images per step.
     "CondInst (IMS_PER_BATCH 2)": [
         "MODEL.META_ARCHITECTURE",
