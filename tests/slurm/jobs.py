@@ -141,6 +141,18 @@ def wait_until(condition, job: submitit.SlurmJob, timeout: float, what: str, tas
         time.sleep(0.2)
 
 
+def interrupt(job: submitit.SlurmJob) -> None:
+    """What ``job._interrupt()`` sends on preemption, SIGTERM then USR2, with USR2 sent only
+    once submitit has received SIGTERM: Slurm forwards two quick ``scancel --signal`` calls in
+    either order on a loaded machine, and a SIGTERM that lands after USR2 kills the
+    ``scontrol requeue`` that USR2 started."""
+    signal = ["scancel", job.job_id, "--signal"]
+    subprocess.run([*signal, "SIGTERM"], check=True, timeout=30)
+    wait_until(lambda: "Bypassing signal SIGTERM" in log_text(job, 0), job, 60, "SIGTERM")
+    usr_signal = submitit.slurm.slurm.SlurmJobEnvironment.USR_SIG
+    subprocess.run([*signal, usr_signal], check=True, timeout=30)
+
+
 def wait_for_state(job_id: str, states, timeout: float) -> str:
     """Poll squeue until the job is in one of ``states``; its state then, or the last one seen."""
     deadline = time.monotonic() + timeout

@@ -18,6 +18,7 @@ from .jobs import (
     check_finished,
     check_resumed,
     finish,
+    interrupt,
     query_bank,
     sbatch,
     sbatch_log,
@@ -54,7 +55,7 @@ def test_interrupted_job_is_requeued_and_resumes(tmp_path, tiny_shapes):
     out, max_iter = tmp_path / "out", 120
     job = submit(tmp_path, 2, train_argv(out, tiny_shapes, max_iter, 2))
     wait_until((out / "model_0000039.pth").exists, job, 120, "checkpoint of iteration 39")
-    job._interrupt()  # what Slurm does on preemption: SIGTERM, then USR2
+    interrupt(job)  # what Slurm does on preemption: SIGTERM, then USR2
     finish(job)
     check_resumed(out, max_iter, job)
 
