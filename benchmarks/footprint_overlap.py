@@ -22,7 +22,7 @@ from typing import Dict, List
 
 import numpy as np
 from detectron2.data import DatasetCatalog
-from pycocotools import mask as mask_utils
+from detectron2.structures import polygons_to_bitmask
 
 import iuq_d2.data  # noqa: F401  (registers the embedded datasets)
 
@@ -34,12 +34,10 @@ def instance_masks(record: dict, short_side: int) -> List[np.ndarray]:
     h, w = record["height"], record["width"]
     scale = short_side / min(h, w)
     new_h, new_w = round(h * scale), round(w * scale)
-    masks = []
-    for ann in record["annotations"]:
-        polygons = [np.asarray(p, dtype=np.float64) * scale for p in ann["segmentation"]]
-        rles = mask_utils.frPyObjects([p.tolist() for p in polygons], new_h, new_w)
-        masks.append(mask_utils.decode(mask_utils.merge(rles)).astype(bool))
-    return masks
+    return [
+        polygons_to_bitmask([np.asarray(p) * scale for p in ann["segmentation"]], new_h, new_w)
+        for ann in record["annotations"]
+    ]
 
 
 def cell_centres(mask: np.ndarray) -> np.ndarray:

@@ -250,12 +250,13 @@ def false_firing(
                 feat_stride,
                 _queries(q.mask_head_params, q.locations, q.fpn_levels),
             ).sigmoid()
-            tallies["own_position"].add(own.expand(-1, num_gt, -1, -1), masks)
+            own = own.expand(-1, num_gt, -1, -1)
+            tallies["own_position"].add(own, masks)
             footprint = _overlaid(image_a.gt.gt_bitmasks, matched, masks.shape[-2:])
             on = masks[None] * footprint[:, None]
-            tallies["on_own_instance"].add(own.expand(-1, num_gt, -1, -1), on)
+            tallies["on_own_instance"].add(own, on)
             off = masks[None] * (matched >= 0)[:, None, None, None] - on
-            tallies["off_own_instance"].add(own.expand(-1, num_gt, -1, -1), off)
+            tallies["off_own_instance"].add(own, off)
             moved = image_b.gt.gt_boxes.get_centers()[None] + offsets[:, None]  # [Q, G, 2]
             rel = head(
                 image_b.mask_feats,
