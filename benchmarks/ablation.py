@@ -160,6 +160,17 @@ VARIANTS = {
     "IUQ (defaults, IMS_PER_BATCH 8, weight 1, off own footprint)": DEFAULT_BANK
     + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"]
     + OFF_FOOTPRINT,
+    # Two hypotheses of the method issue on top of the one setting nowhere worse at 8 images per
+    # step: in-batch pixels of the 7 other images send gradient into the mask branch; negatives
+    # at most 20 iterations old.
+    "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint, entry grad)": DEFAULT_BANK
+    + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
+    + OFF_FOOTPRINT
+    + ENTRY_GRAD,
+    "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint, age <= 20)": DEFAULT_BANK
+    + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
+    + OFF_FOOTPRINT
+    + FRESH,
     # What "paired" does to the originals: CondInst with as many dataset images per step.
     "CondInst (IMS_PER_BATCH 2)": [
         "MODEL.META_ARCHITECTURE",

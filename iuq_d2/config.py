@@ -293,11 +293,12 @@ def add_iuq_config(cfg: CN) -> None:
     _C.MODEL.IUQ.INTER.DETACH_OUTPUT_BIAS = False
     # Leave out the pairs whose pixel, laid over the query's image at its own position
     # ("overlay"), falls on the query's own ground-truth instance, where the mask loss asks the
-    # query to fire (needs NORMALIZATION "pairs"; not fused: runs on the tiled path).
+    # query to fire (needs NORMALIZATION "pairs"; a [queries, entries] mask that the Triton
+    # kernel reads as the tiled path does).
     _C.MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT = False
     # Only pairs whose pixel belongs to an instance of the query's own class (the look-alikes;
     # entries of unknown class, from checkpoints without classes, are left out). Needs
-    # NORMALIZATION "pairs"; not fused: runs on the tiled path.
+    # NORMALIZATION "pairs"; a pair mask, as EXCLUDE_OWN_FOOTPRINT.
     _C.MODEL.IUQ.INTER.SAME_CLASS_ONLY = False
     # "focal": the paper's focal loss of every (query, foreign pixel) pair against 0, times
     # LOSS_WEIGHT. "dice" (ours): each query's mean squared probability on the foreign pixels,

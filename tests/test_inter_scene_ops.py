@@ -293,6 +293,7 @@ def _kernel_signatures():
         "p_img_ptr": "*i64",
         "qw_ptr": "*fp32",
         "pw_ptr": "*fp32",
+        "pair_mask_ptr": "*u8",
     }
     tail = {"Q": "i32", "N": "i32", "PK": "i32", "alpha": "fp32"}
     return {
@@ -309,7 +310,8 @@ def _kernel_signatures():
 
 @pytest.mark.parametrize("capability", [80, 90])
 @pytest.mark.parametrize("kernel", ["params", "feats"])
-def test_triton_kernels_compile_without_spills(capability, kernel):
+@pytest.mark.parametrize("has_mask", [False, True])
+def test_triton_kernels_compile_without_spills(capability, kernel, has_mask):
     """PTX + cubin for sm_80/sm_90 without a GPU; ptxas -v must report no spills.
 
     Triton only fills ``CompiledKernel.n_spills`` when it loads the cubin on a device, so the
@@ -322,7 +324,9 @@ def test_triton_kernels_compile_without_spills(capability, kernel):
     if T.INTERPRET:
         pytest.skip("interpreted kernels do not compile")
     fn, signature = _kernel_signatures()[kernel]
-    consts = dict(H=8, CIN=10, C=8, NC=2, HP=8, CINP=16, GAMMA=2.0, BLOCK_N=T.BLOCK_N)
+    consts = dict(
+        H=8, CIN=10, C=8, NC=2, HP=8, CINP=16, GAMMA=2.0, BLOCK_N=T.BLOCK_N, HAS_MASK=has_mask
+    )
     compiled, spills, log = compile_for(fn, signature, consts, capability, T.NUM_WARPS)
     assert compiled.asm["cubin"] and compiled.metadata.num_warps == T.NUM_WARPS
     assert spills and all(s == 0 for s in spills), log
@@ -346,6 +350,17 @@ def test_triton_matches_reference_on_gpu_fp32(normalization, use_rel_coords):
     ref = run(case, shapes, "reference", **kw)
     assert_same(run(case, shapes, "triton", **kw), ref, atol=1e-5, rtol=1e-4)
     assert_same(run(case, shapes, "tiled", **kw), ref, atol=1e-5, rtol=1e-4)
+    assert _resolve_impl("auto", case["params"]) == "triton"
+
+
+@requires_cuda
+def test_triton_pair_mask_on_gpu():
+    """The own-footprint / same-class mask in the fused kernels, against the reference."""
+    pytest.importorskip("triton")
+    case, shapes = make_case(37, 1000, num_images=5, device="cuda")
+    mask = torch.rand(37, 1000, device="cuda") > 0.3
+    ref = run(case, shapes, "reference", pair_mask=mask)
+    assert_same(run(case, shapes, "triton", pair_mask=mask), ref, atol=1e-5, rtol=1e-4)
     assert _resolve_impl("auto", case["params"]) == "triton"
 
 

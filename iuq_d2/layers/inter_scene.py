@@ -209,14 +209,12 @@ def reference_inter_scene_focal_loss(
     return total, InterSceneStats(num_pairs, firing)
 
 
-def _resolve_impl(impl: str, params: Tensor, masked: bool = False) -> str:
+def _resolve_impl(impl: str, params: Tensor) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "triton" and masked:
-        raise NotImplementedError("the Triton inter-scene kernel takes no pair mask")
     if impl != "auto":
         return impl
-    if params.is_cuda and not masked:
+    if params.is_cuda:
         from .triton_support import triton_available
 
         if triton_available():
@@ -262,11 +260,11 @@ def inter_scene_focal_loss(
             it imports, else tiled).
         chunk_elems: tiled path only: about how many floats one [Q, hidden, T] chunk holds.
         pair_mask: optional [Q, N] bool, the pairs that may count besides the image test
-            (reference and tiled paths; "pairs" normalisation).
+            ("pairs" normalisation).
     Returns:
         the loss (0 with the graph kept when no pair is valid) and statistics without gradient.
     """
-    impl = _resolve_impl(impl, params, pair_mask is not None)
+    impl = _resolve_impl(impl, params)
     args = (
         params,
         query_anchors,
@@ -289,4 +287,4 @@ def inter_scene_focal_loss(
         return tiled_inter_scene_focal_loss(*args, chunk_elems=chunk_elems, pair_mask=pair_mask)
     from .inter_scene_triton import triton_inter_scene_focal_loss
 
-    return triton_inter_scene_focal_loss(*args)
+    return triton_inter_scene_focal_loss(*args, pair_mask=pair_mask)

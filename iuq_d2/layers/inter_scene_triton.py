@@ -17,8 +17,10 @@ below ``tl.dot``'s 16-wide minimum, so the layers are broadcast-multiply-reduce 
 
 The relative coordinates are folded into the first layer by ``fold_dynamic_params`` (fp32,
 O(Q * P), differentiable), so the kernels see ``[anchor(2), feats(C)]`` inputs; feats may be
-fp32/fp16/bf16 and are cast to fp32 on load. Set ``TRITON_INTERPRET=1`` before importing this
-module to run the kernels on CPU tensors (tests).
+fp32/fp16/bf16 and are cast to fp32 on load. An optional [Q, N] uint8 pair mask
+(``EXCLUDE_OWN_FOOTPRINT``, ``SAME_CLASS_ONLY``) is read per (query, entry block) when
+``HAS_MASK``; without one the kernels are compiled without the load. Set ``TRITON_INTERPRET=1``
+before importing this module to run the kernels on CPU tensors (tests).
 """
 
 from typing import Optional, Sequence, Tuple
@@ -110,11 +112,14 @@ if triton is not None:
         pack_ptr,
         q_img_ptr,
         qw_ptr,
+        pair_mask_ptr,
         q,
+        N,
         PK,
         alpha,
         img_n,
         pw,
+        offs_n,
         mask_n,
         inp,
         H: tl.constexpr,
@@ -122,12 +127,16 @@ if triton is not None:
         HP: tl.constexpr,
         CINP: tl.constexpr,
         GAMMA: tl.constexpr,
+        HAS_MASK: tl.constexpr,
     ):
         """Forward and backward of query q on one entry block, up to the first layer."""
         w0, b0, w1, b1, w2, b2 = _load_layers(pack_ptr, q, PK, H, CIN, HP, CINP)
         img_q = tl.load(q_img_ptr + q)
         qw = tl.load(qw_ptr + q)
         valid = mask_n & (img_n != img_q)
+        if HAS_MASK:
+            keep = tl.load(pair_mask_ptr + q * N + offs_n, mask=mask_n, other=0)
+            valid = valid & (keep != 0)
         wgt = tl.where(valid, qw * pw, 0.0)
         r1, r2, z = _forward(w0, b0, w1, b1, w2, b2, inp)
         loss, dz, p = _focal(z, alpha, GAMMA)
@@ -147,6 +156,7 @@ if triton is not None:
         p_img_ptr,
         qw_ptr,
         pw_ptr,
+        pair_mask_ptr,
         loss_ptr,
         fire_ptr,
         dpack_ptr,
@@ -162,6 +172,7 @@ if triton is not None:
         CINP: tl.constexpr,
         GAMMA: tl.constexpr,
         BLOCK_N: tl.constexpr,
+        HAS_MASK: tl.constexpr,
     ):
         q = tl.program_id(0)
         s = tl.program_id(1)
@@ -184,11 +195,14 @@ if triton is not None:
                 pack_ptr,
                 q_img_ptr,
                 qw_ptr,
+                pair_mask_ptr,
                 q,
+                N,
                 PK,
                 alpha,
                 img_n,
                 pw,
+                offs_n,
                 mask_n,
                 inp,
                 H,
@@ -196,6 +210,7 @@ if triton is not None:
                 HP,
                 CINP,
                 GAMMA,
+                HAS_MASK,
             )
             loss_acc += loss
             fire_acc += fire
@@ -232,6 +247,7 @@ if triton is not None:
         p_img_ptr,
         qw_ptr,
         pw_ptr,
+        pair_mask_ptr,
         dfeats_ptr,
         Q,
         N,
@@ -246,6 +262,7 @@ if triton is not None:
         CINP: tl.constexpr,
         GAMMA: tl.constexpr,
         BLOCK_N: tl.constexpr,
+        HAS_MASK: tl.constexpr,
     ):
         b = tl.program_id(0)
         g = tl.program_id(1)
@@ -261,11 +278,14 @@ if triton is not None:
                 pack_ptr,
                 q_img_ptr,
                 qw_ptr,
+                pair_mask_ptr,
                 q,
+                N,
                 PK,
                 alpha,
                 img_n,
                 pw,
+                offs_n,
                 mask_n,
                 inp,
                 H,
@@ -273,6 +293,7 @@ if triton is not None:
                 HP,
                 CINP,
                 GAMMA,
+                HAS_MASK,
             )
             # d/d inp[k] = sum_j w0[j, k] g_x1[j]
             d_inp += tl.sum(w0[:, :, None] * g_x1[:, None, :], axis=0)
@@ -306,9 +327,11 @@ def launch_inter_scene_kernels(
     alpha: float,
     gamma: float,
     need_feats: bool,
+    pair_mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """Run the kernels on prepared inputs; returns loss, firing count, d pack, d feats.
 
+    ``pair_mask``: None or a contiguous [Q, N] uint8 tensor (nonzero: the pair may count).
     Private entry point of the interpreter tests (CPU tensors); no checks beyond shapes.
     """
     if triton is None:
@@ -331,8 +354,11 @@ def launch_inter_scene_kernels(
         CINP=_next_pow2(c_in),
         GAMMA=float(gamma),
         BLOCK_N=BLOCK_N,
+        HAS_MASK=pair_mask is not None,
     )
-    tensors = (pack, anchors, feats, query_images, pixel_images, qw, pw)
+    # Without a mask the kernels never read the pointer: any tensor of the device will do.
+    mask_arg = pair_mask if pair_mask is not None else query_images
+    tensors = (pack, anchors, feats, query_images, pixel_images, qw, pw, mask_arg)
     num_blocks = triton.cdiv(num_n, BLOCK_N)
     target = _target_programs(device)
     splits = max(1, min(num_blocks, triton.cdiv(target, num_q)))
@@ -390,6 +416,7 @@ class TritonInterSceneLoss(torch.autograd.Function):
         num_coords: int,
         alpha: float,
         gamma: float,
+        pair_mask: Optional[Tensor],
     ) -> Tuple[Tensor, Tensor]:
         need_feats = ctx.needs_input_grad[1]
         loss, fire, d_pack, d_feats = launch_inter_scene_kernels(
@@ -406,6 +433,7 @@ class TritonInterSceneLoss(torch.autograd.Function):
             alpha,
             gamma,
             need_feats,
+            pair_mask,
         )
         ctx.feats_dtype = feats.dtype
         ctx.save_for_backward(d_pack, *([d_feats] if need_feats else []))
@@ -417,7 +445,7 @@ class TritonInterSceneLoss(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor, _grad_fire: Optional[Tensor]):
         d_pack, *rest = ctx.saved_tensors
         d_feats = (rest[0] * grad_loss).to(ctx.feats_dtype) if rest else None
-        return (d_pack * grad_loss, d_feats) + (None,) * 10
+        return (d_pack * grad_loss, d_feats) + (None,) * 11
 
 
 def _check_shapes(layer_shapes: Sequence[Tuple[int, int]], c_in: int) -> int:
@@ -444,6 +472,7 @@ def triton_inter_scene_focal_loss(
     alpha: float = 0.25,
     gamma: float = 2.0,
     normalization: str = "pairs",
+    pair_mask: Optional[Tensor] = None,
 ) -> Tuple[Tensor, InterSceneStats]:
     """``inter_scene_focal_loss`` with the fused kernels; CUDA tensors only (see module doc)."""
     if triton is None:
@@ -472,7 +501,11 @@ def triton_inter_scene_focal_loss(
         ],
         dim=1,
     ).contiguous()
-    qw, pw, num_pairs = inter_scene_weights(query_images, pixel_images, normalization)
+    qw, pw, num_pairs = inter_scene_weights(
+        query_images, pixel_images, normalization, pair_mask=pair_mask
+    )
+    if pair_mask is not None:
+        pair_mask = pair_mask.to(torch.uint8).contiguous()
     anchors = pixel_anchors.float().contiguous()
     feats = pixel_feats
     if feats.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -490,5 +523,6 @@ def triton_inter_scene_focal_loss(
         num_coords,
         float(alpha),
         float(gamma),
+        pair_mask,
     )
     return loss, InterSceneStats(num_pairs, fire.float() / num_pairs.clamp(min=1))
