@@ -171,6 +171,14 @@ VARIANTS = {
     + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
     + OFF_FOOTPRINT
     + FRESH,
+    # The hardest negatives (the query moved onto the centre of another image's instance, where
+    # CondInst's queries fire on most of a look-alike) at the default weight, with the in-batch
+    # pixels attached so that the representation can learn what tells instances apart (on
+    # shapes every object has its own colour; on cells only each image has).
+    "IUQ (defaults, IMS_PER_BATCH 8, instance_centered, entry grad)": DEFAULT_BANK
+    + ["SOLVER.IMS_PER_BATCH", "8"]
+    + INSTANCE_CENTERED
+    + ENTRY_GRAD,
     # What "paired" does to the originals: CondInst with as many dataset images per step.
     "CondInst (IMS_PER_BATCH 2)": [
         "MODEL.META_ARCHITECTURE",

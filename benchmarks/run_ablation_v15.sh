@@ -1,0 +1,15 @@
+#!/bin/bash
+# The instance_centered negatives at 8 images per step, default weight (0.1), with the in-batch
+# pixels sending gradient into the mask branch: seed 1 on both datasets, one chain each.
+set -e
+cd "$(dirname "$0")/.."
+source benchmarks/ablation_recipe.sh
+CENTERED="IUQ (defaults, IMS_PER_BATCH 8, instance_centered, entry grad)"
+SEEDS=(${SEEDS:-1})
+"${RUN[@]}" --seeds "${SEEDS[@]}" --variants "$CENTERED" &
+"${RUN[@]}" --seeds "${SEEDS[@]}" --variants "$CENTERED" "${CELLS[@]}" &
+wait
+"${RUN[@]}" --seeds "${SEEDS[@]}" --out benchmarks/results/ablation_v15_cells_cpu.json \
+    --variants "$CENTERED" "${CELLS[@]}"
+"${RUN[@]}" --seeds "${SEEDS[@]}" --out benchmarks/results/ablation_v15_shapes_cpu.json \
+    --variants "$CENTERED"
