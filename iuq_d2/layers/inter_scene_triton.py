@@ -135,7 +135,8 @@ if triton is not None:
         qw = tl.load(qw_ptr + q)
         valid = mask_n & (img_n != img_q)
         if HAS_MASK:
-            keep = tl.load(pair_mask_ptr + q * N + offs_n, mask=mask_n, other=0)
+            row = pair_mask_ptr + tl.cast(q, tl.int64) * N  # Q * N may pass 2**31
+            keep = tl.load(row + offs_n, mask=mask_n, other=0)
             valid = valid & (keep != 0)
         wgt = tl.where(valid, qw * pw, 0.0)
         r1, r2, z = _forward(w0, b0, w1, b1, w2, b2, inp)
