@@ -66,6 +66,13 @@ REPRESENTATION_ONLY = [
 NO_VIEW_FLIP = ["MODEL.IUQ.EQUI.FLIP_PROB", "0.0"]
 # The foreign pixels join each query's dice denominator; LOSS_WEIGHT is then in other images.
 DICE_FORM = ["MODEL.IUQ.INTER.LOSS_FORM", "dice"]
+# The one bank setting nowhere worse than CondInst at 8 images per step (run_ablation_v12.sh):
+# weight 0.25 without the overlay pairs on the query's own instance; v14 builds on it.
+IMS8_W025_OFF_FOOTPRINT = (
+    DEFAULT_BANK
+    + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
+    + OFF_FOOTPRINT
+)
 # Embedded datasets: (train, val, number of classes).
 DATASETS = {"shapes": ("shapes_train", "shapes_val", 4), "cells": ("cells_train", "cells_val", 2)}
 
@@ -158,23 +165,19 @@ VARIANTS = {
     # The same without the overlay pairs that fall on the query's own instance, where a
     # look-alike of another image contradicts the mask loss (shapes: large objects, many such
     # pairs; cells: small ones, few).
-    "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint)": DEFAULT_BANK
-    + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
-    + OFF_FOOTPRINT,
+    "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint)": IMS8_W025_OFF_FOOTPRINT,
     "IUQ (defaults, IMS_PER_BATCH 8, weight 1, off own footprint)": DEFAULT_BANK
     + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"]
     + OFF_FOOTPRINT,
     # Two hypotheses of the method issue on top of the one setting nowhere worse at 8 images per
     # step: in-batch pixels of the 7 other images send gradient into the mask branch; negatives
     # at most 20 iterations old.
-    "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint, entry grad)": DEFAULT_BANK
-    + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
-    + OFF_FOOTPRINT
-    + ENTRY_GRAD,
-    "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint, age <= 20)": DEFAULT_BANK
-    + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
-    + OFF_FOOTPRINT
-    + FRESH,
+    "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint, entry grad)": (
+        IMS8_W025_OFF_FOOTPRINT + ENTRY_GRAD
+    ),
+    "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint, age <= 20)": (
+        IMS8_W025_OFF_FOOTPRINT + FRESH
+    ),
     # The hardest negatives (the query moved onto the centre of another image's instance, where
     # CondInst's queries fire on most of a look-alike) at the default weight, with the in-batch
     # pixels attached so that the representation can learn what tells instances apart (on
