@@ -291,10 +291,11 @@ def add_iuq_config(cfg: CN) -> None:
     # Give no inter-scene gradient to the output bias of each query's dynamic head, so the loss
     # cannot silence other images by lowering all of the query's logits (its own object's too).
     _C.MODEL.IUQ.INTER.DETACH_OUTPUT_BIAS = False
-    # Leave out the pairs whose pixel, laid over the query's image at its own position
-    # ("overlay"), falls on the query's own ground-truth instance, where the mask loss asks the
-    # query to fire (needs NORMALIZATION "pairs"; a [queries, entries] mask that the Triton
-    # kernel reads as the tiled path does).
+    # Leave out the pairs whose pixel, placed in the query's image where the pair's relative
+    # coordinates put it (its own position under "overlay", its offset from its instance's
+    # centre moved to the query's location under "instance_centered"), falls on the query's own
+    # ground-truth instance, where the mask loss asks the query to fire (needs NORMALIZATION
+    # "pairs"; a [queries, entries] mask that the Triton kernel reads as the tiled path does).
     _C.MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT = False
     # Only pairs whose pixel belongs to an instance of the query's own class (the look-alikes;
     # entries of unknown class, from checkpoints without classes, are left out). Needs

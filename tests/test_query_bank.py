@@ -618,18 +618,70 @@ def test_pairs_on_the_query_own_instance_are_left_out():
     images, gt = _prepared(model, batch)
     queries = Instances((0, 0))
     queries.gt_inds = torch.tensor([0])
+    queries.locations = torch.tensor([[20.0, 28.0]])
     positions = torch.tensor([[20.0, 20.0], [44.0, 20.0], [36.0, 36.0], [300.0, 20.0]])
-    keep = model.inter_scene.off_own_footprint(queries, gt, positions, (8, 8))
+    # "overlay": each entry at its own position.
+    keep = model.inter_scene.off_own_footprint(queries, gt, queries.locations, positions, (8, 8))
+    assert keep.tolist() == [[False, True, False, True]]
+    # "instance_centered": the entry's offset from its instance's centre, moved to the query's
+    # location (20, 28): an entry 16 px right of its centre lands on x 36 (inside), 24 px
+    # right on x 44 (outside), 16 px above on y 12 (inside), 24 px above on y 4 (outside).
+    from_centre = torch.tensor([[16.0, 0.0], [24.0, 0.0], [0.0, -16.0], [0.0, -24.0]])
+    keep = model.inter_scene.off_own_footprint(
+        queries, gt, torch.zeros_like(queries.locations), from_centre, (8, 8)
+    )
     assert keep.tolist() == [[False, True, False, True]]
 
 
-def test_footprint_exclusion_needs_overlay_pairs():
+def test_instance_centered_exclusion_scores_only_what_sticks_out_of_the_own_instance():
+    """The relu(rel_x) head, placed on a wider look-alike of another image: only the entries
+    that land off the query's own instance (read directly from its full-resolution mask) are
+    scored."""
+    model = build_model(
+        iuq_config(
+            **{
+                "MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT": True,
+                "MODEL.IUQ.INTER.COORDS": "instance_centered",
+                "MODEL.IUQ.INTER.NUM_NEGATIVES": 0,
+                "MODEL.IUQ.INTER.PIXELS_PER_INSTANCE": 40,
+            }
+        )
+    )
+    queries = _rel_x_query(model)  # at (200, 40)
+    queries.gt_inds = torch.tensor([0])
+    c = model.mask_head.in_channels
+    # The query's own instance spans x 180..220; the look-alike (centre (48, 56)) is 80 wide
+    # and covers exactly 40 cell centres, so all of them are sampled once.
+    batch = [
+        make_input(96, 256, [[180, 24, 220, 56]], [0], seed=0),
+        make_input(96, 128, [[8, 40, 88, 72]], [1], seed=1),
+    ]
+    _, gt = _prepared(model, batch)
+    with EventStorage() as storage:
+        loss = model.inter_scene(torch.zeros(2, c, 12, 32), queries, gt, torch.tensor([0, 1]), 0)
+        pairs = storage.latest()["iuq/inter_pairs"][0]
+    bank = model.inter_scene.bank
+    foreign = bank.image_ids[: bank.num_filled] == 1
+    pixels = bank.positions[: bank.num_filled][foreign]
+    assert len(pixels) == 40
+    landing = (pixels + torch.tensor([200.0 - 48.0, 40.0 - 56.0])).long()
+    own_mask = gt[0].gt_bitmasks_full[0]
+    off = own_mask[landing[:, 1], landing[:, 0]] == 0
+    assert 0 < off.sum() < len(pixels)
+    assert pairs == off.sum()
+    rel_x = (48.0 - pixels[off, 0]) / 128
+    p = torch.sigmoid(rel_x.clamp(min=0))
+    expected = (0.75 * p**2 * -torch.log(1 - p)).mean()
+    torch.testing.assert_close(loss["loss_inter"], expected)
+
+
+def test_footprint_exclusion_needs_pair_normalisation():
     with pytest.raises(ValueError, match="EXCLUDE_OWN_FOOTPRINT"):
         build_model(
             iuq_config(
                 **{
                     "MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT": True,
-                    "MODEL.IUQ.INTER.COORDS": "instance_centered",
+                    "MODEL.IUQ.INTER.NORMALIZATION": "query_image",
                 }
             )
         )

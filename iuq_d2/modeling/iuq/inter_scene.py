@@ -189,12 +189,10 @@ class InterSceneCriterion(nn.Module):
                 "MODEL.IUQ.INTER.REFERENCE 'own' needs the query's own instance pixels: "
                 "MODEL.IUQ.INTER.PIXELS_PER_INSTANCE must be > 0"
             )
-        if inter.EXCLUDE_OWN_FOOTPRINT and (
-            inter.COORDS != "overlay" or inter.NORMALIZATION != "pairs"
-        ):
+        if inter.EXCLUDE_OWN_FOOTPRINT and inter.NORMALIZATION != "pairs":
             raise ValueError(
-                "MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT needs COORDS 'overlay' and NORMALIZATION "
-                f"'pairs', got {inter.COORDS!r} and {inter.NORMALIZATION!r}"
+                "MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT needs NORMALIZATION 'pairs', "
+                f"got {inter.NORMALIZATION!r}"
             )
         if inter.SAME_CLASS_ONLY and inter.NORMALIZATION != "pairs":
             raise ValueError(
@@ -332,23 +330,32 @@ class InterSceneCriterion(nn.Module):
         self,
         queries: Instances,
         gt_instances: List[Instances],
-        positions: Tensor,
+        query_anchors: Tensor,
+        pixel_anchors: Tensor,
         feat_shape: Tuple[int, int],
     ) -> Tensor:
-        """[Q, N] bool: whether entry n, laid over query q's image at its own position, falls
-        off q's ground-truth instance. On the instance the query must fire in its own image,
-        so a look-alike pixel of another image there is a negative that contradicts the mask
-        loss; off it, the two losses ask for the same thing."""
+        """[Q, N] bool: whether entry n, placed in query q's image where the pair's relative
+        coordinates put it, falls off q's ground-truth instance. On the instance the query
+        must fire in its own image, so a look-alike pixel of another image there is a negative
+        that contradicts the mask loss; off it, the two losses ask for the same thing.
+
+        The pair's relative coordinates are ``query_anchors[q] - pixel_anchors[n]``, those of
+        the pixel at ``locations[q] - query_anchors[q] + pixel_anchors[n]`` of q's own image:
+        the entry's own position under "overlay", its place relative to its instance's centre
+        moved to the query's location under "instance_centered".
+        """
         h, w = feat_shape
         stride, start = self.feat_stride, self.feat_stride // 2
         cells = torch.cat(
             [x.gt_bitmasks_full[:, start::stride, start::stride][:, :h, :w] for x in gt_instances]
         ).flatten(1)
-        col = torch.round((positions[:, 0] - start) / stride).long()
-        row = torch.round((positions[:, 1] - start) / stride).long()
+        shift = queries.locations.float() - query_anchors.float()
+        landing = shift[:, None, :] + pixel_anchors.float()[None, :, :]  # [Q, N, 2]
+        col = torch.round((landing[..., 0] - start) / stride).long()
+        row = torch.round((landing[..., 1] - start) / stride).long()
         inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
         index = row.clamp(0, h - 1) * w + col.clamp(0, w - 1)
-        on_own = cells[queries.gt_inds][:, index].bool() & inside[None, :]
+        on_own = torch.gather(cells[queries.gt_inds], 1, index).bool() & inside
         return ~on_own
 
     def forward(
@@ -418,7 +425,7 @@ class InterSceneCriterion(nn.Module):
         pair_mask = None
         if self.exclude_own_footprint:
             pair_mask = self.off_own_footprint(
-                queries, gt_instances, negatives.positions, mask_feats.shape[-2:]
+                queries, gt_instances, query_anchors, pixel_anchors, mask_feats.shape[-2:]
             )
         if not self.query_grad:
             params = params.detach()
