@@ -119,6 +119,14 @@ VARIANTS = {
     + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],
     "+equivariance (extra, query 3, feat 0)": IUQ_VIEWS + NO_BANK + EXTRA + equi_weights(3.0, 0.0),
     "IUQ (defaults, random placement)": DEFAULT_BANK + ["MODEL.IUQ.INTER.COORDS", "random"],
+    # The look-alike placements without the part of each foreign instance that lands on the
+    # query's own instance: hard negatives that do not contradict the mask loss.
+    "IUQ (defaults, instance_centered, off own footprint)": DEFAULT_BANK
+    + INSTANCE_CENTERED
+    + OFF_FOOTPRINT,
+    "IUQ (defaults, random placement, off own footprint)": DEFAULT_BANK
+    + ["MODEL.IUQ.INTER.COORDS", "random"]
+    + OFF_FOOTPRINT,
     "IUQ (defaults, same class only)": DEFAULT_BANK + ["MODEL.IUQ.INTER.SAME_CLASS_ONLY", "True"],
     "views only (GN, paired)": IUQ_VIEWS + NO_BANK + GROUP_NORM + equi_weights(0.0, 0.0),
     "IUQ (defaults, weight 0.05)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.05"],

@@ -17,6 +17,4 @@ BANK="IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint)"
     "${RUN[@]}" --seeds 1 2 --variants "$BANK" "${CELLS[@]}"
 ) &
 wait
-"${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v12_cells_cpu.json \
-    --variants "$BANK" "${CELLS[@]}"
-"${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v12_shapes_cpu.json --variants "$BANK"
+summarize v12 "1 2 3" "$BANK"

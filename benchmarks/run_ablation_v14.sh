@@ -21,7 +21,4 @@ SEEDS=(${SEEDS:-1})
     "${RUN[@]}" --seeds "${SEEDS[@]}" --variants "$GRAD" "${CELLS[@]}"
 ) &
 wait
-"${RUN[@]}" --seeds "${SEEDS[@]}" --out benchmarks/results/ablation_v14_cells_cpu.json \
-    --variants "$GRAD" "$FRESH" "${CELLS[@]}"
-"${RUN[@]}" --seeds "${SEEDS[@]}" --out benchmarks/results/ablation_v14_shapes_cpu.json \
-    --variants "$GRAD" "$FRESH"
+summarize v14 "${SEEDS[*]}" "$GRAD" "$FRESH"

@@ -9,7 +9,4 @@ SEEDS=(${SEEDS:-1})
 "${RUN[@]}" --seeds "${SEEDS[@]}" --variants "$CENTERED" &
 "${RUN[@]}" --seeds "${SEEDS[@]}" --variants "$CENTERED" "${CELLS[@]}" &
 wait
-"${RUN[@]}" --seeds "${SEEDS[@]}" --out benchmarks/results/ablation_v15_cells_cpu.json \
-    --variants "$CENTERED" "${CELLS[@]}"
-"${RUN[@]}" --seeds "${SEEDS[@]}" --out benchmarks/results/ablation_v15_shapes_cpu.json \
-    --variants "$CENTERED"
+summarize v15 "${SEEDS[*]}" "$CENTERED"

@@ -14,7 +14,4 @@ source benchmarks/ablation_recipe.sh
     "${RUN[@]}" --seeds 3 --variants CondInst "${CELLS[@]}"
 ) &
 wait
-"${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v17_cells_cpu.json \
-    --variants CondInst "IUQ (defaults, weight 0.25, off own footprint)" "${CELLS[@]}"
-"${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v17_shapes_cpu.json \
-    --variants CondInst "IUQ (defaults, weight 0.25, off own footprint)"
+summarize v17 "1 2 3" CondInst "IUQ (defaults, weight 0.25, off own footprint)"
