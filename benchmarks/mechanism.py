@@ -101,12 +101,12 @@ def print_table(results: dict) -> None:
         f"{s['num_others']} other images each)"
     )
     print(
-        f"{'placement':<14} {'pairs':>7} {'pixels':>10}  {'p>0.5 pair/pixel':>17}  "
+        f"{'placement':<26} {'pairs':>7} {'pixels':>10}  {'p>0.5 pair/pixel':>17}  "
         f"{'mean p pair/pixel':>17}"
     )
     for name, f in results["false_firing"].items():
         print(
-            f"{name:<14} {f['num_pairs']:>7} {f['num_pixels']:>10}  "
+            f"{name:<26} {f['num_pairs']:>7} {f['num_pixels']:>10}  "
             f"{f['pair_frac_firing']:>8.4f}/{f['pixel_frac_firing']:<8.4f}  "
             f"{f['pair_mean_prob']:>8.4f}/{f['pixel_mean_prob']:<8.4f}"
         )

@@ -2,7 +2,8 @@
 """One table over many ``benchmarks/mechanism.py`` results: per dataset and variant, the mean and
 spread over seeds of the inter-scene false firing at the foreign instances' own positions (all,
 on the query's own instance when laid over its image, off it, and the share of the firing that
-lies on it) and of the mask sharpness. Files are named ``<dataset>_<variant>_seed<N>.json``.
+lies on it), on a look-alike moved to the query's relative position (all, on the moved own
+instance, off it) and of the mask sharpness. Files are named ``<dataset>_<variant>_seed<N>.json``.
 
     python benchmarks/mechanism_summary.py benchmarks/results/mechanism_ims8/*_seed*.json \
         --out benchmarks/results/mechanism_ims8/summary.json
@@ -40,6 +41,9 @@ COLUMNS = (
     ("on own inst. %", firing("on_own_instance"), 100.0),
     ("off own inst. %", firing("off_own_instance"), 100.0),
     ("firing share on own %", share_on_own_instance, 100.0),
+    ("look-alike %", firing("relative"), 100.0),
+    ("look-alike on own %", firing("relative_on_own_instance"), 100.0),
+    ("look-alike off own %", firing("relative_off_own_instance"), 100.0),
     ("p on GT mask", lambda d: d["sharpness"]["mean_prob_inside"], 1.0),
     ("p off mask in box", lambda d: d["sharpness"]["mean_prob_outside"], 1.0),
 )

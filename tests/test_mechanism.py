@@ -96,6 +96,23 @@ def test_false_firing_on_and_off_the_own_instance():
     assert stats["own_position"].pixel_frac_firing == pytest.approx(1 / 64)
 
 
+def test_false_firing_on_a_look_alike_split_by_the_moved_own_instance():
+    # Moved onto B's instance (centre (32, 32)), the query's own instance (A's cells 0..4,
+    # centre (10, 10)) is shifted by 22 px = 5.5 cells, rounded (half to even) to 6: it covers
+    # B's cells 6..10, a 5 x 5 block of B's 8 x 8 instance (25 pixels on it, 39 sticking out).
+    # A head reading F = 2 fires on all of them.
+    stats = false_firing(_head(), 8, _two_images([0.0, 0.0, 1.0, 0.0], 2.0), num_others=1)
+    on, off = stats["relative_on_own_instance"], stats["relative_off_own_instance"]
+    assert (on.num_pixels, off.num_pixels) == (25, 39)
+    assert on.pixel_frac_firing == off.pixel_frac_firing == 1.0
+    # logit = q_x - p_x fires left of the moved query (x 31): B's columns 4..7 (x 18..30), of
+    # which 6 and 7 lie on the moved own instance: 10 of its 25 pixels, 22 of the other 39.
+    stats = false_firing(_head(), 8, _two_images([1.0, 0.0, 0.0, 0.0], 0.0), num_others=1)
+    on, off = stats["relative_on_own_instance"], stats["relative_off_own_instance"]
+    assert on.pixel_frac_firing == pytest.approx(10 / 25)
+    assert off.pixel_frac_firing == pytest.approx(22 / 39)
+
+
 @pytest.mark.parametrize("feat", [2.0, -2.0])
 def test_false_firing_of_a_head_reading_f(feat):
     stats = false_firing(_head(), 8, _two_images([0.0, 0.0, 1.0, 0.0], feat), num_others=1)

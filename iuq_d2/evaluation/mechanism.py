@@ -202,6 +202,17 @@ def _overlaid(gt_masks: Tensor, matched: Tensor, size: Tuple[int, int]) -> Tenso
     return out
 
 
+def _moved_footprints(own: Tensor, shifts: Tensor, size: Tuple[int, int]) -> Tensor:
+    """[Q, G, H, W]: each query's own mask ``own`` [Q, h, w] translated by ``shifts`` [Q, G, 2]
+    (x, y in mask pixels, one per instance it is moved onto) on a canvas of ``size``."""
+    h, w = own.shape[-2:]
+    ys = torch.arange(size[0], device=own.device)[None, None, :, None] - shifts[..., 1, None, None]
+    xs = torch.arange(size[1], device=own.device)[None, None, None, :] - shifts[..., 0, None, None]
+    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    q = torch.arange(len(own), device=own.device)[:, None, None, None]
+    return own[q, ys.clamp(0, h - 1), xs.clamp(0, w - 1)] * inside
+
+
 @torch.no_grad()
 def false_firing(
     head: DynamicMaskHead,
@@ -224,9 +235,20 @@ def false_firing(
     ``own_position`` is also split, for the detections that match a ground-truth instance of A,
     into the pixels of B that lie on that instance when B is laid over A (``on_own_instance``:
     where the mask loss asks the head to fire, the pairs ``EXCLUDE_OWN_FOOTPRINT`` leaves out)
-    and the others (``off_own_instance``).
+    and the others (``off_own_instance``). ``relative`` is split alike
+    (``relative_on_own_instance``, ``relative_off_own_instance``): the pixels of B's instance
+    that, moved with it so that its centre is the query's own, land on the query's own
+    instance, and those that stick out of it (what ``EXCLUDE_OWN_FOOTPRINT`` keeps under
+    "instance_centered").
     """
-    names = ("own_position", "relative", "on_own_instance", "off_own_instance")
+    names = (
+        "own_position",
+        "relative",
+        "on_own_instance",
+        "off_own_instance",
+        "relative_on_own_instance",
+        "relative_off_own_instance",
+    )
     tallies = {name: _FiringTally() for name in names}
     n = len(encoded)
     for a, image_a in enumerate(encoded):
@@ -239,6 +261,8 @@ def false_firing(
             gt_centres = image_a.gt.gt_boxes.get_centers()
             centres[matched >= 0] = gt_centres[matched[matched >= 0]]
         offsets = q.locations - centres
+        own_masks = _overlaid(image_a.gt.gt_bitmasks, matched, image_a.gt.gt_bitmasks.shape[-2:])
+        mask_stride = image_a.padded_size[1] / image_a.gt.gt_bitmasks.shape[-1]
         for j in range(min(num_others, n - 1)):
             image_b = encoded[(a + 1 + j) % n]
             masks = image_b.gt.gt_bitmasks
@@ -267,7 +291,15 @@ def false_firing(
                     q.fpn_levels.repeat_interleave(num_gt),
                 ),
             ).sigmoid()
-            tallies["relative"].add(rel.reshape(len(q), num_gt, *rel.shape[-2:]), masks)
+            rel = rel.reshape(len(q), num_gt, *rel.shape[-2:])
+            tallies["relative"].add(rel, masks)
+            shifts = torch.round(
+                (image_b.gt.gt_boxes.get_centers()[None] - centres[:, None]) / mask_stride
+            )
+            on = masks[None] * _moved_footprints(own_masks, shifts.long(), masks.shape[-2:])
+            tallies["relative_on_own_instance"].add(rel, on)
+            off = masks[None] * (matched >= 0)[:, None, None, None] - on
+            tallies["relative_off_own_instance"].add(rel, off)
     return {name: tally.stats() for name, tally in tallies.items()}
 
 
