@@ -51,6 +51,7 @@ ENTRY_GRAD = [
 ]
 PER_IMAGE = ["MODEL.IUQ.INTER.NORMALIZATION", "query_image"]
 OFF_FOOTPRINT = ["MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT", "True"]
+PROJECTED = ["MODEL.IUQ.INTER.PROJECT_CONFLICT", "True"]
 # GroupNorm instead of BatchNorm in the backbone and the mask branch (the FCOS towers already
 # use it): "paired" views then no longer halve the images BatchNorm's statistics come from.
 GROUP_NORM = ["MODEL.RESNETS.NORM", "GN", "MODEL.CONDINST.MASK_BRANCH.NORM", "GN"]
@@ -127,6 +128,14 @@ VARIANTS = {
     "IUQ (defaults, random placement, off own footprint)": DEFAULT_BANK
     + ["MODEL.IUQ.INTER.COORDS", "random"]
     + OFF_FOOTPRINT,
+    # The inter-scene gradient without its component against the mask loss's, per query.
+    "IUQ (defaults, conflict projected)": DEFAULT_BANK + PROJECTED,
+    "IUQ (defaults, weight 0.25, conflict projected)": DEFAULT_BANK
+    + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
+    + PROJECTED,
+    "IUQ (defaults, instance_centered, conflict projected)": DEFAULT_BANK
+    + INSTANCE_CENTERED
+    + PROJECTED,
     "IUQ (defaults, same class only)": DEFAULT_BANK + ["MODEL.IUQ.INTER.SAME_CLASS_ONLY", "True"],
     "views only (GN, paired)": IUQ_VIEWS + NO_BANK + GROUP_NORM + equi_weights(0.0, 0.0),
     "IUQ (defaults, weight 0.05)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.05"],

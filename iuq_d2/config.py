@@ -301,6 +301,11 @@ def add_iuq_config(cfg: CN) -> None:
     # entries of unknown class, from checkpoints without classes, are left out). Needs
     # NORMALIZATION "pairs"; a pair mask, as EXCLUDE_OWN_FOOTPRINT.
     _C.MODEL.IUQ.INTER.SAME_CLASS_ONLY = False
+    # Remove, per query, the component of the inter-scene gradient at the controller's output
+    # that works against the mask loss's (negative dot product; PCGrad's projection), so that
+    # the loss cannot buy silence on other images with the query's own mask (ours; costs one
+    # partial backward of the mask loss per step).
+    _C.MODEL.IUQ.INTER.PROJECT_CONFLICT = False
     # "focal": the paper's focal loss of every (query, foreign pixel) pair against 0, times
     # LOSS_WEIGHT. "dice" (ours): each query's mean squared probability on the foreign pixels,
     # times the entries one image holds, joins the denominator of its own dice loss, LOSS_WEIGHT

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ...layers import dynamic_mlp
 from ...layers.cell_centers import fcos_cell_center
+from ...layers.gradient_projection import project_conflicting_gradient
 from ...layers.inter_scene import (
     entry_inputs,
     fold_dynamic_params,
@@ -139,6 +140,7 @@ class InterSceneCriterion(nn.Module):
         exclude_own_footprint: bool = False,
         same_class_only: bool = False,
         loss_form: str = "focal",
+        project_conflict: bool = False,
         mask_out_stride: int = 4,
     ):
         super().__init__()
@@ -166,6 +168,7 @@ class InterSceneCriterion(nn.Module):
         self.exclude_own_footprint = exclude_own_footprint
         self.same_class_only = same_class_only
         self.loss_form = loss_form
+        self.project_conflict = project_conflict
         self.mask_out_stride = mask_out_stride
 
     @classmethod
@@ -251,6 +254,7 @@ class InterSceneCriterion(nn.Module):
             "exclude_own_footprint": inter.EXCLUDE_OWN_FOOTPRINT,
             "same_class_only": inter.SAME_CLASS_ONLY,
             "loss_form": inter.LOSS_FORM,
+            "project_conflict": inter.PROJECT_CONFLICT,
             "mask_out_stride": mask_head.mask_out_stride,
         }
 
@@ -366,11 +370,15 @@ class InterSceneCriterion(nn.Module):
         image_ids: Tensor,
         iteration: int,
         mask_dice: Optional[Tuple[Tensor, Tensor]] = None,
+        loss_mask: Optional[Tensor] = None,
     ) -> Dict[str, Tensor]:
         """``loss_inter`` of the queries against bank samples and this global batch's instance
         pixels; afterwards the batch's pixels join the bank. The dice form needs the terms of
-        the queries' dice losses (``CondInstTrainOutputs.mask_dice``)."""
+        the queries' dice losses (``CondInstTrainOutputs.mask_dice``), ``project_conflict``
+        the mask loss."""
         num_queries = len(queries)
+        if self.project_conflict:
+            queries = self.protect_mask_loss(queries, loss_mask)
         local, instances = self.collect(
             mask_feats, gt_instances, image_ids, with_grad=self.batch_entry_grad
         )
@@ -478,6 +486,25 @@ class InterSceneCriterion(nn.Module):
             storage.put_scalar("iuq/bank_age_mean", ages.float().mean().item())
             storage.put_scalar("iuq/bank_age_max", ages.max().item())
         return {"loss_inter": loss}
+
+    def protect_mask_loss(self, queries: Instances, loss_mask: Optional[Tensor]) -> Instances:
+        """The queries with their parameters behind :func:`project_conflicting_gradient`
+        against the mask loss's gradient, so that what reaches the controller from this loss
+        never works against the query's own mask (to first order)."""
+        params = queries.mask_head_params
+        if loss_mask is None or not (loss_mask.requires_grad and params.requires_grad):
+            return queries
+        (protected,) = torch.autograd.grad(loss_mask, params, retain_graph=True, allow_unused=True)
+        if protected is None:
+            return queries
+        storage = get_event_storage()
+        queries = queries[:]
+        queries.mask_head_params = project_conflicting_gradient(
+            params,
+            protected,
+            lambda frac: storage.put_scalar("iuq/inter_conflict_frac", frac.item()),
+        )
+        return queries
 
     def dice_form_loss(
         self,

@@ -93,6 +93,7 @@ class IUQCondInst(CondInst):
                     image_ids_of(inputs, self.device),
                     iteration,
                     outputs.mask_dice,
+                    losses.get("loss_mask"),
                 )
             )
         if self.gradient_log_period > 0 and iteration % self.gradient_log_period == 0:
