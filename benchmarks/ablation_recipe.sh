@@ -2,7 +2,7 @@
 # with one core per run under output/ablation_v2, the options of the cells recipe (1400
 # iterations, tested at 160 pixels; shapes runs take the demo config's own), and summarize.
 PY=${PY:-.venv/bin/python}
-RUN=($PY benchmarks/ablation.py --jobs 1 --root output/ablation_v2)
+RUN=("$PY" benchmarks/ablation.py --jobs 1 --root output/ablation_v2)
 CELLS=(--dataset cells SOLVER.MAX_ITER 1400 SOLVER.STEPS "(1050,1300)"
     INPUT.MIN_SIZE_TEST 160 INPUT.MAX_SIZE_TEST 256)
 # summarize NAME SEEDS VARIANT...: once the chains are done, write

@@ -16,9 +16,13 @@ SEEDS=${SEEDS:-1}
     "${RUN[@]}" --seeds $SEEDS --variants "$CENTERED"
     "${RUN[@]}" --seeds $SEEDS --variants "$PLACED" "${CELLS[@]}"
 ) &
+FIRST=$!
 (
     "${RUN[@]}" --seeds $SEEDS --variants "$PLACED"
     "${RUN[@]}" --seeds $SEEDS --variants "$CENTERED" "${CELLS[@]}"
 ) &
-wait
+SECOND=$!
+# A bare wait would return 0 when a chain failed, and summarize would then train its run.
+wait "$FIRST"
+wait "$SECOND"
 summarize v18 "$SEEDS" "$CENTERED" "$PLACED"

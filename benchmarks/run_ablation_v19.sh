@@ -17,9 +17,13 @@ SEEDS=${SEEDS:-1}
     "${RUN[@]}" --seeds $SEEDS --variants "$W01" "$W025" "${CELLS[@]}"
     "${RUN[@]}" --seeds $SEEDS --variants "$CENTERED" "${CELLS[@]}"
 ) &
+FIRST=$!
 (
     "${RUN[@]}" --seeds $SEEDS --variants "$W025"
     "${RUN[@]}" --seeds $SEEDS --variants "$CENTERED"
 ) &
-wait
+SECOND=$!
+# A bare wait would return 0 when a chain failed, and summarize would then train its run.
+wait "$FIRST"
+wait "$SECOND"
 summarize v19 "$SEEDS" "$W01" "$W025" "$CENTERED"

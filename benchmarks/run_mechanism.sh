@@ -7,16 +7,16 @@
 set -e
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-OUT=$1
-GLOB=$2
+OUT=${1:?usage: run_mechanism.sh OUT GLOB}
+GLOB=${2:?usage: run_mechanism.sh OUT GLOB}
 mkdir -p "$OUT"
 for ds in shapes cells; do
     for run in output/ablation_v2/$ds/$GLOB; do
         [ -f "$run/model_final.pth" ] || continue
         json="$OUT/${ds}_$(basename "$run").json"
         [ -f "$json" ] && continue
-        OMP_NUM_THREADS=1 $PY benchmarks/mechanism.py --config-file "$run/config.yaml" \
+        OMP_NUM_THREADS=1 "$PY" benchmarks/mechanism.py --config-file "$run/config.yaml" \
             --weights "$run/model_final.pth" --no-coco --out "$json" > /dev/null
     done
 done
-$PY benchmarks/mechanism_summary.py "$OUT"/*_seed*.json --out "$OUT/summary.json"
+"$PY" benchmarks/mechanism_summary.py "$OUT"/*_seed*.json --out "$OUT/summary.json"

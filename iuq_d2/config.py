@@ -293,18 +293,20 @@ def add_iuq_config(cfg: CN) -> None:
     _C.MODEL.IUQ.INTER.DETACH_OUTPUT_BIAS = False
     # Leave out the pairs whose pixel, placed in the query's image where the pair's relative
     # coordinates put it (its own position under "overlay", its offset from its instance's
-    # centre moved to the query's location under "instance_centered"), falls on the query's own
-    # ground-truth instance, where the mask loss asks the query to fire (needs NORMALIZATION
-    # "pairs"; a [queries, entries] mask that the Triton kernel reads as the tiled path does).
+    # centre moved to the query's location under "instance_centered", the query's location plus
+    # its random anchor under "random"), falls on the query's own ground-truth instance, where
+    # the mask loss asks the query to fire (needs NORMALIZATION "pairs"; a [queries, entries]
+    # mask that the Triton kernel reads as the tiled path does).
     _C.MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT = False
     # Only pairs whose pixel belongs to an instance of the query's own class (the look-alikes;
     # entries of unknown class, from checkpoints without classes, are left out). Needs
     # NORMALIZATION "pairs"; a pair mask, as EXCLUDE_OWN_FOOTPRINT.
     _C.MODEL.IUQ.INTER.SAME_CLASS_ONLY = False
     # Remove, per query, the component of the inter-scene gradient at the controller's output
-    # that works against the mask loss's (negative dot product; PCGrad's projection), so that
-    # the loss cannot buy silence on other images with the query's own mask (ours; costs one
-    # partial backward of the mask loss per step).
+    # that works against the mask loss's there (negative dot product; PCGrad's projection), so
+    # that the loss is not followed into the query's own mask directly (ours; the shared weights
+    # behind the controller's output still mix the queries' gradients; one extra partial
+    # backward of the mask loss per step).
     _C.MODEL.IUQ.INTER.PROJECT_CONFLICT = False
     # "focal": the paper's focal loss of every (query, foreign pixel) pair against 0, times
     # LOSS_WEIGHT. "dice" (ours): each query's mean squared probability on the foreign pixels,

@@ -20,7 +20,7 @@ def test_only_conflicting_rows_lose_their_component_along_the_protected_one():
     # Row 0 conflicts (dot -2): its x part goes; row 1 agrees and row 2 has nothing to protect.
     torch.testing.assert_close(x.grad, torch.tensor([[0.0, 3.0], [2.0, 3.0], [-2.0, 3.0]]))
     assert len(seen) == 1 and seen[0].item() == pytest.approx(1 / 3)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match="protected gradient"):
         project_conflicting_gradient(x, protected[:2])
 
 
@@ -43,6 +43,8 @@ def _gradients_at_the_queries(**overrides):
         params = captured["outputs"].queries.mask_head_params
         (g_mask,) = torch.autograd.grad(losses["loss_mask"], params, retain_graph=True)
         (g_inter,) = torch.autograd.grad(losses["loss_inter"], params, retain_graph=True)
+        # The fraction measured in that backward is logged by the next step's forward.
+        model(_two_image_batch())
         conflict = storage.latest().get("iuq/inter_conflict_frac", (None,))[0]
     return g_mask, g_inter, conflict
 
@@ -63,3 +65,9 @@ def test_projected_inter_scene_gradient_never_works_against_the_mask_loss():
     dots = (g_mask * g_inter).sum(dim=1)
     assert (dots >= -1e-6 * g_mask.norm(dim=1) * g_inter.norm(dim=1)).all()
     assert 0.0 < conflict < 1.0
+
+
+def test_projection_without_the_mask_loss_is_an_error():
+    model = build_model(iuq_config(**{"MODEL.IUQ.INTER.PROJECT_CONFLICT": True}))
+    with pytest.raises(ValueError, match="PROJECT_CONFLICT"):
+        model.inter_scene.protect_mask_loss(None, None)

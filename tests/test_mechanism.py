@@ -18,6 +18,7 @@ from iuq_d2.evaluation import (
     read_bank,
     sample_bank_entries,
 )
+from iuq_d2.evaluation.mechanism import _moved_footprints
 from iuq_d2.modeling.condinst.dynamic_mask_head import DynamicMaskHead
 
 from .conftest import make_input, tiny_config
@@ -111,6 +112,16 @@ def test_false_firing_on_a_look_alike_split_by_the_moved_own_instance():
     on, off = stats["relative_on_own_instance"], stats["relative_off_own_instance"]
     assert on.pixel_frac_firing == pytest.approx(10 / 25)
     assert off.pixel_frac_firing == pytest.approx(22 / 39)
+
+
+def test_moved_footprints_shift_x_and_y_apart():
+    own = torch.zeros(1, 6, 8)
+    own[0, 1:3, 2:6] = 1.0  # rows 1..2, columns 2..5
+    moved = _moved_footprints(own, torch.tensor([[[3, 1], [-3, 0]]]), (6, 8))
+    expected = torch.zeros(2, 6, 8)
+    expected[0, 2:4, 5:8] = 1.0  # 3 right, 1 down; column 8 falls off the canvas
+    expected[1, 1:3, 0:3] = 1.0  # 3 left: column -1 falls off
+    torch.testing.assert_close(moved[0], expected)
 
 
 @pytest.mark.parametrize("feat", [2.0, -2.0])

@@ -625,12 +625,16 @@ def test_pairs_on_the_query_own_instance_are_left_out():
     assert keep.tolist() == [[False, True, False, True]]
     # "instance_centered": the entry's offset from its instance's centre, moved to the query's
     # location (20, 28): an entry 16 px right of its centre lands on x 36 (inside), 24 px
-    # right on x 44 (outside), 16 px above on y 12 (inside), 24 px above on y 4 (outside).
-    from_centre = torch.tensor([[16.0, 0.0], [24.0, 0.0], [0.0, -16.0], [0.0, -24.0]])
+    # right on x 44 (outside), 16 px above on y 12 (inside), 24 px above on y 4 (outside). On a
+    # cell border it belongs to the cell on its right: x 40 is in the cell of centre 44
+    # (outside), x 32 in that of centre 36 (inside).
+    from_centre = torch.tensor(
+        [[16.0, 0.0], [24.0, 0.0], [0.0, -16.0], [0.0, -24.0], [20.0, 0.0], [12.0, 0.0]]
+    )
     keep = model.inter_scene.off_own_footprint(
         queries, gt, torch.zeros_like(queries.locations), from_centre, (8, 8)
     )
-    assert keep.tolist() == [[False, True, False, True]]
+    assert keep.tolist() == [[False, True, False, True, True, False]]
 
 
 def test_instance_centered_exclusion_scores_only_what_sticks_out_of_the_own_instance():

@@ -238,8 +238,9 @@ def false_firing(
     and the others (``off_own_instance``). ``relative`` is split alike
     (``relative_on_own_instance``, ``relative_off_own_instance``): the pixels of B's instance
     that, moved with it so that its centre is the query's own, land on the query's own
-    instance, and those that stick out of it (what ``EXCLUDE_OWN_FOOTPRINT`` keeps under
-    "instance_centered").
+    instance, and those that stick out of it. (Close to what ``EXCLUDE_OWN_FOOTPRINT`` keeps
+    under "instance_centered", which centres the look-alike on the query's location instead
+    of its instance's centre.)
     """
     names = (
         "own_position",
@@ -262,7 +263,6 @@ def false_firing(
             centres[matched >= 0] = gt_centres[matched[matched >= 0]]
         offsets = q.locations - centres
         own_masks = _overlaid(image_a.gt.gt_bitmasks, matched, image_a.gt.gt_bitmasks.shape[-2:])
-        mask_stride = image_a.padded_size[1] / image_a.gt.gt_bitmasks.shape[-1]
         for j in range(min(num_others, n - 1)):
             image_b = encoded[(a + 1 + j) % n]
             masks = image_b.gt.gt_bitmasks
@@ -294,7 +294,7 @@ def false_firing(
             rel = rel.reshape(len(q), num_gt, *rel.shape[-2:])
             tallies["relative"].add(rel, masks)
             shifts = torch.round(
-                (image_b.gt.gt_boxes.get_centers()[None] - centres[:, None]) / mask_stride
+                (image_b.gt.gt_boxes.get_centers()[None] - centres[:, None]) / head.mask_out_stride
             )
             on = masks[None] * _moved_footprints(own_masks, shifts.long(), masks.shape[-2:])
             tallies["relative_on_own_instance"].add(rel, on)

@@ -169,6 +169,7 @@ class InterSceneCriterion(nn.Module):
         self.same_class_only = same_class_only
         self.loss_form = loss_form
         self.project_conflict = project_conflict
+        self._conflict_frac: Optional[Tensor] = None
         self.mask_out_stride = mask_out_stride
 
     @classmethod
@@ -346,7 +347,9 @@ class InterSceneCriterion(nn.Module):
         The pair's relative coordinates are ``query_anchors[q] - pixel_anchors[n]``, those of
         the pixel at ``locations[q] - query_anchors[q] + pixel_anchors[n]`` of q's own image:
         the entry's own position under "overlay", its place relative to its instance's centre
-        moved to the query's location under "instance_centered".
+        moved to the query's location under "instance_centered", the query's location plus the
+        entry's random anchor under "random". That pixel counts as on the instance when the
+        centre of its stride-``feat_stride`` cell is (as :func:`sample_instance_cells` counts).
         """
         h, w = feat_shape
         stride, start = self.feat_stride, self.feat_stride // 2
@@ -354,12 +357,12 @@ class InterSceneCriterion(nn.Module):
             [x.gt_bitmasks_full[:, start::stride, start::stride][:, :h, :w] for x in gt_instances]
         ).flatten(1)
         shift = queries.locations.float() - query_anchors.float()
-        landing = shift[:, None, :] + pixel_anchors.float()[None, :, :]  # [Q, N, 2]
-        col = torch.round((landing[..., 0] - start) / stride).long()
-        row = torch.round((landing[..., 1] - start) / stride).long()
+        anchors = pixel_anchors.float()
+        col = torch.div(shift[:, 0:1] + anchors[None, :, 0], stride, rounding_mode="floor").long()
+        row = torch.div(shift[:, 1:2] + anchors[None, :, 1], stride, rounding_mode="floor").long()
         inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
         index = row.clamp(0, h - 1) * w + col.clamp(0, w - 1)
-        on_own = torch.gather(cells[queries.gt_inds], 1, index).bool() & inside
+        on_own = cells[queries.gt_inds[:, None], index].bool() & inside
         return ~on_own
 
     def forward(
@@ -489,22 +492,34 @@ class InterSceneCriterion(nn.Module):
 
     def protect_mask_loss(self, queries: Instances, loss_mask: Optional[Tensor]) -> Instances:
         """The queries with their parameters behind :func:`project_conflicting_gradient`
-        against the mask loss's gradient, so that what reaches the controller from this loss
-        never works against the query's own mask (to first order)."""
+        against the mask loss's gradient: what this loss sends into each query's dynamic-head
+        parameters (the controller's output) no longer works against that query's mask loss.
+        That holds at the controller's output only: the shared weights behind it mix the
+        queries' gradients, and gradient into the mask branch is not projected."""
+        if loss_mask is None:
+            raise ValueError(
+                "MODEL.IUQ.INTER.PROJECT_CONFLICT needs the mask loss (loss_mask) in the "
+                "inter-scene criterion's forward"
+            )
+        if self._conflict_frac is not None:
+            # Measured in the previous step's backward; read here, outside the autograd
+            # engine's thread, so that the backward does not wait on the device.
+            get_event_storage().put_scalar("iuq/inter_conflict_frac", self._conflict_frac.item())
+            self._conflict_frac = None
         params = queries.mask_head_params
-        if loss_mask is None or not (loss_mask.requires_grad and params.requires_grad):
+        if not (loss_mask.requires_grad and params.requires_grad):
             return queries
         (protected,) = torch.autograd.grad(loss_mask, params, retain_graph=True, allow_unused=True)
         if protected is None:
             return queries
-        storage = get_event_storage()
         queries = queries[:]
         queries.mask_head_params = project_conflicting_gradient(
-            params,
-            protected,
-            lambda frac: storage.put_scalar("iuq/inter_conflict_frac", frac.item()),
+            params, protected, self._keep_conflict_frac
         )
         return queries
+
+    def _keep_conflict_frac(self, frac: Tensor) -> None:
+        self._conflict_frac = frac.detach()
 
     def dice_form_loss(
         self,
