@@ -46,6 +46,15 @@ def image_ids_of(batched_inputs: List[dict], device: torch.device) -> Tensor:
     return torch.tensor(ids, dtype=torch.int64, device=device)
 
 
+def cell_masks(bitmasks_full: Tensor, feat_shape: Tuple[int, int], stride: int) -> Tensor:
+    """[G, h, w]: whether each stride-``stride`` cell's centre pixel lies on each instance of
+    the full-resolution masks [G, H, W], the one rule by which a cell belongs to an
+    instance here."""
+    start = stride // 2
+    h, w = feat_shape
+    return bitmasks_full[:, start::stride, start::stride][:, :h, :w]
+
+
 @torch.no_grad()
 def sample_instance_cells(
     gt_instances: List[Instances], feat_shape: Tuple[int, int], stride: int, k: int
@@ -57,7 +66,6 @@ def sample_instance_cells(
     so small objects are represented too. Returns, per sampled cell: its image index, row,
     column, and the index of its instance within the batch's concatenated instances.
     """
-    start = stride // 2
     h, w = feat_shape
     images, rows, cols, instances = [], [], [], []
     num_before = 0
@@ -65,7 +73,7 @@ def sample_instance_cells(
         if len(inst) == 0 or k == 0:
             num_before += len(inst)
             continue
-        cells = inst.gt_bitmasks_full[:, start::stride, start::stride][:, :h, :w].flatten(1).float()
+        cells = cell_masks(inst.gt_bitmasks_full, feat_shape, stride).flatten(1).float()
         centers = inst.gt_boxes.get_centers()
         tiny = (cells.sum(dim=1) == 0) & (inst.gt_bitmasks_full.flatten(1).amax(dim=1) > 0)
         if tiny.any():
@@ -352,9 +360,9 @@ class InterSceneCriterion(nn.Module):
         centre of its stride-``feat_stride`` cell is (as :func:`sample_instance_cells` counts).
         """
         h, w = feat_shape
-        stride, start = self.feat_stride, self.feat_stride // 2
+        stride = self.feat_stride
         cells = torch.cat(
-            [x.gt_bitmasks_full[:, start::stride, start::stride][:, :h, :w] for x in gt_instances]
+            [cell_masks(x.gt_bitmasks_full, feat_shape, stride) for x in gt_instances]
         ).flatten(1)
         shift = queries.locations.float() - query_anchors.float()
         anchors = pixel_anchors.float()
