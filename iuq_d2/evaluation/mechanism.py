@@ -276,12 +276,14 @@ def false_firing(
             ).sigmoid()
             own = own.expand(-1, num_gt, -1, -1)
             tallies["own_position"].add(own, masks)
+            # B's instance pixels, for the queries that match an instance of A (the split).
+            matched_masks = masks[None] * (matched >= 0)[:, None, None, None]
             footprint = _overlaid(image_a.gt.gt_bitmasks, matched, masks.shape[-2:])
             on = masks[None] * footprint[:, None]
             tallies["on_own_instance"].add(own, on)
-            off = masks[None] * (matched >= 0)[:, None, None, None] - on
-            tallies["off_own_instance"].add(own, off)
-            moved = image_b.gt.gt_boxes.get_centers()[None] + offsets[:, None]  # [Q, G, 2]
+            tallies["off_own_instance"].add(own, matched_masks - on)
+            centres_b = image_b.gt.gt_boxes.get_centers()
+            moved = centres_b[None] + offsets[:, None]  # [Q, G, 2]
             rel = head(
                 image_b.mask_feats,
                 feat_stride,
@@ -293,13 +295,10 @@ def false_firing(
             ).sigmoid()
             rel = rel.reshape(len(q), num_gt, *rel.shape[-2:])
             tallies["relative"].add(rel, masks)
-            shifts = torch.round(
-                (image_b.gt.gt_boxes.get_centers()[None] - centres[:, None]) / head.mask_out_stride
-            )
+            shifts = torch.round((centres_b[None] - centres[:, None]) / head.mask_out_stride)
             on = masks[None] * _moved_footprints(own_masks, shifts.long(), masks.shape[-2:])
             tallies["relative_on_own_instance"].add(rel, on)
-            off = masks[None] * (matched >= 0)[:, None, None, None] - on
-            tallies["relative_off_own_instance"].add(rel, off)
+            tallies["relative_off_own_instance"].add(rel, matched_masks - on)
     return {name: tally.stats() for name, tally in tallies.items()}
 
 
