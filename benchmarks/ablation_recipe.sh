@@ -1,6 +1,7 @@
 # Sourced by run_ablation_v4.sh and later, from the repository root: the interpreter, ablation.py
 # with one core per run under output/ablation_v2, the options of the cells recipe (1400
-# iterations, tested at 160 pixels; shapes runs take the demo config's own), and summarize.
+# iterations, tested at 160 pixels; shapes runs take the demo config's own), wait_chains and
+# summarize.
 PY=${PY:-.venv/bin/python}
 RUN=("$PY" benchmarks/ablation.py --jobs 1 --root output/ablation_v2)
 CELLS=(--dataset cells SOLVER.MAX_ITER 1400 SOLVER.STEPS "(1050,1300)"
@@ -15,4 +16,12 @@ summarize() {
         --variants "$@" "${CELLS[@]}"
     "${RUN[@]}" --seeds $seeds --out "benchmarks/results/ablation_${name}_shapes_cpu.json" \
         --variants "$@"
+}
+# wait_chains PID...: wait for each background chain and fail if one did (a bare wait returns 0
+# whatever they did, and the summary after it would then train the failed chain's runs).
+wait_chains() {
+    local pid
+    for pid in "$@"; do
+        wait "$pid"
+    done
 }

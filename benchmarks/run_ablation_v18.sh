@@ -22,7 +22,5 @@ FIRST=$!
     "${RUN[@]}" --seeds $SEEDS --variants "$CENTERED" "${CELLS[@]}"
 ) &
 SECOND=$!
-# A bare wait would return 0 when a chain failed, and summarize would then train its run.
-wait "$FIRST"
-wait "$SECOND"
+wait_chains "$FIRST" "$SECOND"
 summarize v18 "$SEEDS" "$CENTERED" "$PLACED"

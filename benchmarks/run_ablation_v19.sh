@@ -23,7 +23,5 @@ FIRST=$!
     "${RUN[@]}" --seeds $SEEDS --variants "$CENTERED"
 ) &
 SECOND=$!
-# A bare wait would return 0 when a chain failed, and summarize would then train its run.
-wait "$FIRST"
-wait "$SECOND"
+wait_chains "$FIRST" "$SECOND"
 summarize v19 "$SEEDS" "$W01" "$W025" "$CENTERED"

@@ -19,9 +19,7 @@ FIRST=$!
     "${RUN[@]}" --seeds 3 --variants "$PLAIN" "${CELLS[@]}"
 ) &
 SECOND=$!
-# A bare wait would return 0 when a chain failed, and summarize would then train its run.
-wait "$FIRST"
-wait "$SECOND"
+wait_chains "$FIRST" "$SECOND"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v20_cells_cpu.json \
     --variants "$PROJECTED" "$PLAIN" "${CELLS[@]}"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v20_shapes_cpu.json \
