@@ -52,6 +52,7 @@ ENTRY_GRAD = [
 PER_IMAGE = ["MODEL.IUQ.INTER.NORMALIZATION", "query_image"]
 OFF_FOOTPRINT = ["MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT", "True"]
 PROJECTED = ["MODEL.IUQ.INTER.PROJECT_CONFLICT", "True"]
+WIDE_FEATURES = ["MODEL.CONDINST.MASK_BRANCH.OUT_CHANNELS", "16"]
 # GroupNorm instead of BatchNorm in the backbone and the mask branch (the FCOS towers already
 # use it): "paired" views then no longer halve the images BatchNorm's statistics come from.
 GROUP_NORM = ["MODEL.RESNETS.NORM", "GN", "MODEL.CONDINST.MASK_BRANCH.NORM", "GN"]
@@ -137,6 +138,16 @@ VARIANTS = {
     + INSTANCE_CENTERED
     + PROJECTED,
     "IUQ (defaults, same class only)": DEFAULT_BANK + ["MODEL.IUQ.INTER.SAME_CLASS_ONLY", "True"],
+    # Mask features twice as wide (AdelaiDet's 8 channels): room in F for what tells one
+    # image's instance from another's look-alike, with and without the bank.
+    "CondInst (16-d mask features)": ["MODEL.META_ARCHITECTURE", "CondInst", *WIDE_FEATURES],
+    "IUQ (defaults, 16-d mask features)": DEFAULT_BANK + WIDE_FEATURES,
+    # The look-alike pairs off the own instance (v18: -5.0 shapes, -6.4 cells at weight 0.1) at a
+    # fifth of the weight: whether the hard negatives hurt at any weight where they act.
+    "IUQ (defaults, instance_centered, off own footprint, weight 0.02)": DEFAULT_BANK
+    + INSTANCE_CENTERED
+    + OFF_FOOTPRINT
+    + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.02"],
     "views only (GN, paired)": IUQ_VIEWS + NO_BANK + GROUP_NORM + equi_weights(0.0, 0.0),
     "IUQ (defaults, weight 0.05)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.05"],
     "IUQ (dice form, 1 image)": DEFAULT_BANK + DICE_FORM + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],
