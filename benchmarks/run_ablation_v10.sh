@@ -6,15 +6,18 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 BANK="IUQ (defaults, IMS_PER_BATCH 8, weight 0.25)"
 (
     "${RUN[@]}" --seeds 1 2 --variants "$BANK"
 ) &
+CHAINS+=($!)
 (
     "${RUN[@]}" --seeds 1 2 3 --variants "$BANK" "${CELLS[@]}"
     "${RUN[@]}" --seeds 3 --variants "$BANK"
 ) &
-wait
+CHAINS+=($!)
+wait_chains "${CHAINS[@]}"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v10_cells_cpu.json \
     --variants "$BANK" "${CELLS[@]}"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v10_shapes_cpu.json --variants "$BANK"

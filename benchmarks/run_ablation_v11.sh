@@ -6,9 +6,12 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 BIG="CondInst (IMS_PER_BATCH 8)"
 "${RUN[@]}" --seeds 1 3 --variants "$BIG" "${CELLS[@]}" &
+CHAINS+=($!)
 "${RUN[@]}" --seeds 2 --variants "$BIG" "${CELLS[@]}" &
-wait
+CHAINS+=($!)
+wait_chains "${CHAINS[@]}"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v11_cells_cpu.json \
     --variants "$BIG" "${CELLS[@]}"

@@ -7,14 +7,17 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 BANK="IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint)"
 (
     "${RUN[@]}" --seeds 1 3 --variants "$BANK"
     "${RUN[@]}" --seeds 3 --variants "$BANK" "${CELLS[@]}"
 ) &
+CHAINS+=($!)
 (
     "${RUN[@]}" --seeds 2 --variants "$BANK"
     "${RUN[@]}" --seeds 1 2 --variants "$BANK" "${CELLS[@]}"
 ) &
-wait
+CHAINS+=($!)
+wait_chains "${CHAINS[@]}"
 summarize v12 "1 2 3" "$BANK"

@@ -8,16 +8,19 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 BANK="IUQ (defaults, IMS_PER_BATCH 8, weight 1, off own footprint)"
 (
     "${RUN[@]}" --seeds 1 3 --variants "$BANK"
 ) &
+CHAINS+=($!)
 (
     "${RUN[@]}" --seeds 2 --variants "$BANK"
     "${RUN[@]}" --seeds 3 --variants "$BANK" "${CELLS[@]}"
     "${RUN[@]}" --seeds 1 --variants "CondInst (IMS_PER_BATCH 8)"
 ) &
-wait
+CHAINS+=($!)
+wait_chains "${CHAINS[@]}"
 "${RUN[@]}" --seeds 3 --out benchmarks/results/ablation_v13_cells_cpu.json \
     --variants "$BANK" "${CELLS[@]}"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v13_shapes_cpu.json --variants "$BANK"

@@ -8,6 +8,7 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 BASE="IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint"
 GRAD="$BASE, entry grad)"
 FRESH="$BASE, age <= 20)"
@@ -16,9 +17,11 @@ SEEDS=(${SEEDS:-1})
     "${RUN[@]}" --seeds "${SEEDS[@]}" --variants "$GRAD"
     "${RUN[@]}" --seeds "${SEEDS[@]}" --variants "$FRESH" "${CELLS[@]}"
 ) &
+CHAINS+=($!)
 (
     "${RUN[@]}" --seeds "${SEEDS[@]}" --variants "$FRESH"
     "${RUN[@]}" --seeds "${SEEDS[@]}" --variants "$GRAD" "${CELLS[@]}"
 ) &
-wait
+CHAINS+=($!)
+wait_chains "${CHAINS[@]}"
 summarize v14 "${SEEDS[*]}" "$GRAD" "$FRESH"

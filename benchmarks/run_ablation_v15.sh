@@ -4,9 +4,12 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 CENTERED="IUQ (defaults, IMS_PER_BATCH 8, instance_centered, entry grad)"
 SEEDS=(${SEEDS:-1})
 "${RUN[@]}" --seeds "${SEEDS[@]}" --variants "$CENTERED" &
+CHAINS+=($!)
 "${RUN[@]}" --seeds "${SEEDS[@]}" --variants "$CENTERED" "${CELLS[@]}" &
-wait
+CHAINS+=($!)
+wait_chains "${CHAINS[@]}"
 summarize v15 "${SEEDS[*]}" "$CENTERED"

@@ -6,16 +6,19 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 OFF="IUQ (defaults, weight 0.25, off own footprint)"
 (
     "${RUN[@]}" --seeds 1 2 3 --variants "$OFF"
 ) &
+CHAINS+=($!)
 (
     "${RUN[@]}" --seeds 1 2 3 --variants "$OFF" "${CELLS[@]}"
     "${RUN[@]}" --seeds 1 --variants CondInst "${CELLS[@]}"
     "${RUN[@]}" --seeds 1 --variants CondInst
 ) &
-wait
+CHAINS+=($!)
+wait_chains "${CHAINS[@]}"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v16_cells_cpu.json \
     --variants "$OFF" "${CELLS[@]}"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v16_shapes_cpu.json --variants "$OFF"

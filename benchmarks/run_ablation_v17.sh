@@ -5,13 +5,16 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 (
     "${RUN[@]}" --seeds 2 --variants CondInst
     "${RUN[@]}" --seeds 2 --variants CondInst "${CELLS[@]}"
 ) &
+CHAINS+=($!)
 (
     "${RUN[@]}" --seeds 3 --variants CondInst
     "${RUN[@]}" --seeds 3 --variants CondInst "${CELLS[@]}"
 ) &
-wait
+CHAINS+=($!)
+wait_chains "${CHAINS[@]}"
 summarize v17 "1 2 3" CondInst "IUQ (defaults, weight 0.25, off own footprint)"

@@ -7,6 +7,7 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 OFF="IUQ (defaults, off own footprint)"
 LOW="IUQ (defaults, weight 0.05)"
 (
@@ -14,12 +15,14 @@ LOW="IUQ (defaults, weight 0.05)"
     "${RUN[@]}" --seeds 1 --variants "$LOW"
     "${RUN[@]}" --seeds 3 --variants "$LOW" "${CELLS[@]}"
 ) &
+CHAINS+=($!)
 (
     "${RUN[@]}" --seeds 1 2 3 --variants "$OFF" "${CELLS[@]}"
     "${RUN[@]}" --seeds 1 2 --variants "$LOW" "${CELLS[@]}"
     "${RUN[@]}" --seeds 2 3 --variants "$LOW"
 ) &
-wait
+CHAINS+=($!)
+wait_chains "${CHAINS[@]}"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v4_shapes_cpu.json \
     --variants CondInst "IUQ (defaults, weight 0.1)" "$OFF" "$LOW"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v4_cells_cpu.json \

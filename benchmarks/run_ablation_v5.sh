@@ -8,6 +8,7 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 BASE="CondInst (GN)"
 EQUI="+equivariance (GN, paired, query 3, feat 0)"
 for variant in "$BASE" "$EQUI"; do
@@ -15,8 +16,9 @@ for variant in "$BASE" "$EQUI"; do
         "${RUN[@]}" --seeds 1 2 3 --variants "$variant" "${CELLS[@]}"
         "${RUN[@]}" --seeds 1 --variants "$variant"
     ) &
+    CHAINS+=($!)
 done
-wait
+wait_chains "${CHAINS[@]}"
 "${RUN[@]}" --seeds 1 --out benchmarks/results/ablation_v5_shapes_cpu.json \
     --variants CondInst "$BASE" "$EQUI"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v5_cells_cpu.json \

@@ -7,6 +7,7 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 VIEWS="views only (extra)"
 EQUI="+equivariance (extra, query 3, feat 0)"
 for variant in "$VIEWS" "$EQUI"; do
@@ -14,8 +15,9 @@ for variant in "$VIEWS" "$EQUI"; do
         "${RUN[@]}" --seeds 1 2 3 --variants "$variant" "${CELLS[@]}"
         "${RUN[@]}" --seeds 1 --variants "$variant"
     ) &
+    CHAINS+=($!)
 done
-wait
+wait_chains "${CHAINS[@]}"
 "${RUN[@]}" --seeds 1 --out benchmarks/results/ablation_v6_shapes_cpu.json \
     --variants CondInst "$VIEWS" "$EQUI"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v6_cells_cpu.json \

@@ -11,6 +11,7 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 RANDOM_PLACE="IUQ (defaults, random placement)"
 SAME="IUQ (defaults, same class only)"
 REPR="IUQ (representation only, instance_centered, weight 1)"
@@ -20,11 +21,13 @@ NOFLIP="+equivariance (GN, paired, query 3, no flip)"
     "${RUN[@]}" --seeds 1 --variants "$RANDOM_PLACE" "$SAME" "${CELLS[@]}"
     "${RUN[@]}" --seeds 1 --variants "$RANDOM_PLACE" "$SAME"
 ) &
+CHAINS+=($!)
 (
     "${RUN[@]}" --seeds 1 --variants "$REPR" "$NOFLIP" "${CELLS[@]}"
     "${RUN[@]}" --seeds 1 2 3 --variants "$VIEWS" "${CELLS[@]}"
 ) &
-wait
+CHAINS+=($!)
+wait_chains "${CHAINS[@]}"
 "${RUN[@]}" --seeds 1 --out benchmarks/results/ablation_v7_shapes_cpu.json \
     --variants CondInst "IUQ (defaults, weight 0.1)" "$RANDOM_PLACE" "$SAME"
 "${RUN[@]}" --seeds 1 --out benchmarks/results/ablation_v7_cells_cpu.json \

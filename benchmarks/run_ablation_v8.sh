@@ -12,6 +12,7 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 XVIEWS="views only (extra)"
 XLIGHT="+equivariance (extra, query 0.3, feat 0)"
 BIG="CondInst (IMS_PER_BATCH 8)"
@@ -22,12 +23,14 @@ GVIEWS="views only (GN, paired)"
     "${RUN[@]}" --seeds 1 2 3 --variants "$BIG" "${CELLS[@]}"
     "${RUN[@]}" --seeds 2 --variants "$BIG"
 ) &
+CHAINS+=($!)
 (
     "${RUN[@]}" --seeds 1 --variants "$GVIEWS"
     "${RUN[@]}" --seeds 1 --variants "$XLIGHT" "${CELLS[@]}"
     "${RUN[@]}" --seeds 2 3 --variants "$GVIEWS" "$GN"
 ) &
-wait
+CHAINS+=($!)
+wait_chains "${CHAINS[@]}"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v8_shapes_gn_views_cpu.json \
     --variants "$GVIEWS"
 "${RUN[@]}" --seeds 2 3 --out benchmarks/results/ablation_v8_shapes_gn_cpu.json --variants "$GN"

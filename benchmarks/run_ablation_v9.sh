@@ -8,18 +8,21 @@
 set -e
 cd "$(dirname "$0")/.."
 source benchmarks/ablation_recipe.sh
+CHAINS=()
 BIG="CondInst (IMS_PER_BATCH 8)"
 BANK="IUQ (defaults, IMS_PER_BATCH 8)"
 (
     "${RUN[@]}" --seeds 1 2 3 --variants "$BANK" "${CELLS[@]}"
     "${RUN[@]}" --seeds 3 --variants "$BIG"
 ) &
+CHAINS+=($!)
 (
     "${RUN[@]}" --seeds 2 1 --variants "$BANK"
     "${RUN[@]}" --seeds 1 --variants "$BIG"
     "${RUN[@]}" --seeds 3 --variants "$BANK"
 ) &
-wait
+CHAINS+=($!)
+wait_chains "${CHAINS[@]}"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v9_cells_cpu.json \
     --variants "$BANK" "${CELLS[@]}"
 "${RUN[@]}" --seeds 1 2 3 --out benchmarks/results/ablation_v9_shapes_bank_cpu.json \
