@@ -142,6 +142,11 @@ VARIANTS = {
     # image's instance from another's look-alike, with and without the bank.
     "CondInst (16-d mask features)": ["MODEL.META_ARCHITECTURE", "CondInst", *WIDE_FEATURES],
     "IUQ (defaults, 16-d mask features)": DEFAULT_BANK + WIDE_FEATURES,
+    # The same without the overlay pairs on the query's own instance (shapes' cost at 8 images
+    # per step came from them, v12).
+    "IUQ (defaults, 16-d mask features, off own footprint)": DEFAULT_BANK
+    + WIDE_FEATURES
+    + OFF_FOOTPRINT,
     # The look-alike pairs off the own instance (v18: -5.0 shapes, -6.4 cells at weight 0.1) at a
     # fifth of the weight: whether the hard negatives hurt at any weight where they act.
     "IUQ (defaults, instance_centered, off own footprint, weight 0.02)": DEFAULT_BANK
