@@ -138,7 +138,7 @@ VARIANTS = {
     + INSTANCE_CENTERED
     + PROJECTED,
     "IUQ (defaults, same class only)": DEFAULT_BANK + ["MODEL.IUQ.INTER.SAME_CLASS_ONLY", "True"],
-    # Mask features twice as wide (AdelaiDet's 8 channels): room in F for what tells one
+    # Mask features twice as wide as AdelaiDet's 8 channels: room in F for what tells one
     # image's instance from another's look-alike, with and without the bank.
     "CondInst (16-d mask features)": ["MODEL.META_ARCHITECTURE", "CondInst", *WIDE_FEATURES],
     "IUQ (defaults, 16-d mask features)": DEFAULT_BANK + WIDE_FEATURES,

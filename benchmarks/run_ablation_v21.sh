@@ -25,4 +25,8 @@ FIRST=$!
 ) &
 SECOND=$!
 wait_chains "$FIRST" "$SECOND"
-summarize v21 "$SEEDS" "$WIDE_CONDINST" "$WIDE_BANK" "$CENTERED"
+# Cells with the 8-channel CondInst rerun beside them, so that the JSON holds the check too.
+"${RUN[@]}" --seeds $SEEDS --out benchmarks/results/ablation_v21_cells_cpu.json \
+    --variants CondInst "$WIDE_CONDINST" "$WIDE_BANK" "$CENTERED" "${CELLS[@]}"
+"${RUN[@]}" --seeds $SEEDS --out benchmarks/results/ablation_v21_shapes_cpu.json \
+    --variants "$WIDE_CONDINST" "$WIDE_BANK" "$CENTERED"
