@@ -147,6 +147,11 @@ VARIANTS = {
     "IUQ (defaults, 16-d mask features, off own footprint)": DEFAULT_BANK
     + WIDE_FEATURES
     + OFF_FOOTPRINT,
+    # Negatives at most 20 iterations old, at both widths: on shapes the bank's sampled entries
+    # are ~59 iterations old at 4 images per step (cells: ~9, at most 18, so the cap never binds
+    # there), and a wider F changes faster.
+    "IUQ (defaults, age <= 20)": DEFAULT_BANK + FRESH,
+    "IUQ (defaults, 16-d mask features, age <= 20)": DEFAULT_BANK + WIDE_FEATURES + FRESH,
     # The look-alike pairs off the own instance (v18: -5.0 shapes, -6.4 cells at weight 0.1) at a
     # fifth of the weight: whether the hard negatives hurt at any weight where they act.
     "IUQ (defaults, instance_centered, off own footprint, weight 0.02)": DEFAULT_BANK
