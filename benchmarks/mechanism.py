@@ -114,7 +114,8 @@ def print_table(results: dict) -> None:
     print(
         f"\nMask sharpness: {m['num_matched']} of {m['num_confident']} queries match a GT box; "
         f"mean p on the GT mask {m['mean_prob_inside']:.4f}, off it in the GT box "
-        f"{m['mean_prob_outside']:.4f}"
+        f"{m['mean_prob_outside']:.4f}; interior {m['mean_prob_interior']:.4f}, border "
+        f"{m['mean_prob_border']:.4f}, ring outside {m['mean_prob_ring']:.4f}"
     )
     if "coco" in results:
         c = results["coco"]

@@ -34,6 +34,12 @@ def share_on_own_instance(d: dict) -> float:
     return on / (on + off) if on + off else math.nan
 
 
+
+def sharpness(key: str):
+    """A mask-sharpness value; NaN for results written before ``key`` was measured."""
+    return lambda d: d["sharpness"].get(key, math.nan)
+
+
 # (column, how to read it from a mechanism.py result, factor for the table)
 COLUMNS = (
     ("firing %", firing("own_position"), 100.0),
@@ -46,6 +52,9 @@ COLUMNS = (
     ("look-alike off own %", firing("relative_off_own_instance"), 100.0),
     ("p on GT mask", lambda d: d["sharpness"]["mean_prob_inside"], 1.0),
     ("p off mask in box", lambda d: d["sharpness"]["mean_prob_outside"], 1.0),
+    ("p mask interior", sharpness("mean_prob_interior"), 1.0),
+    ("p mask border", sharpness("mean_prob_border"), 1.0),
+    ("p ring outside", sharpness("mean_prob_ring"), 1.0),
 )
 NAME = re.compile(r"^(?P<dataset>[^_]+)_(?P<variant>.+)_seed(?P<seed>\d+)\.json$")
 

@@ -151,6 +151,25 @@ def test_mask_sharpness_inside_and_outside_the_matched_box():
     assert stats.mean_prob_outside == pytest.approx(0.2)
 
 
+def test_mask_sharpness_splits_the_mask_into_border_and_interior():
+    # 12 x 12 stride-4 grid; the box covers cells 1..10, the mask cells 2..7 (6 x 6): its
+    # interior is cells 3..6 (16), its border the 20 others, the ring around it 28 cells.
+    det = _detections((48, 48), [[4, 4, 44, 44]], [0.9], [[0.0] * 4], [[24, 24]])
+    probs = torch.full((12, 12), 0.1)
+    probs[1:9, 1:9] = 0.4
+    probs[2:8, 2:8] = 0.7
+    probs[3:7, 3:7] = 0.95
+    det.pred_global_masks = probs[None, None]
+    image = _image(1, (48, 48), 0.0, [4, 4, 44, 44], (slice(2, 8), slice(2, 8)), det)
+    stats = mask_sharpness([image], mask_out_stride=4)
+    assert stats.num_matched == 1
+    assert stats.mean_prob_interior == pytest.approx(0.95)
+    assert stats.mean_prob_border == pytest.approx(0.7)
+    assert stats.mean_prob_ring == pytest.approx(0.4)
+    assert stats.mean_prob_inside == pytest.approx((16 * 0.95 + 20 * 0.7) / 36)
+    assert stats.mean_prob_outside == pytest.approx((28 * 0.4 + 36 * 0.1) / 64)
+
+
 @pytest.fixture
 def tiny_model():
     torch.manual_seed(0)
