@@ -152,6 +152,12 @@ VARIANTS = {
     # there), and a wider F changes faster.
     "IUQ (defaults, age <= 20)": DEFAULT_BANK + FRESH,
     "IUQ (defaults, 16-d mask features, age <= 20)": DEFAULT_BANK + WIDE_FEATURES + FRESH,
+    # Only the queries whose own mask already has dice >= 0.8 this step are scored against
+    # other images: each learns its object before it is asked to be unique.
+    "IUQ (defaults, own dice >= 0.8)": DEFAULT_BANK + ["MODEL.IUQ.INTER.MIN_OWN_DICE", "0.8"],
+    "IUQ (defaults, 16-d mask features, own dice >= 0.8)": DEFAULT_BANK
+    + WIDE_FEATURES
+    + ["MODEL.IUQ.INTER.MIN_OWN_DICE", "0.8"],
     # The look-alike pairs off the own instance (v18: -5.0 shapes, -6.4 cells at weight 0.1) at a
     # fifth of the weight: whether the hard negatives hurt at any weight where they act.
     "IUQ (defaults, instance_centered, off own footprint, weight 0.02)": DEFAULT_BANK

@@ -46,6 +46,9 @@ VARIANTS = {
         ]
         for q in (-1, 32, 64)
     },
+    # The bank with the inter-scene gradient projected off the mask loss's (one extra
+    # autograd.grad of the mask loss into the controller output).
+    "bank_projected": [*BANK, "MODEL.IUQ.INTER.PROJECT_CONFLICT", "True"],
     # The convolutions' memory layout, whatever the config says (MODEL.CONDINST.CHANNELS_LAST).
     **{
         f"{name}_{layout}": [*base, "MODEL.CONDINST.CHANNELS_LAST", str(last)]

@@ -308,6 +308,11 @@ def add_iuq_config(cfg: CN) -> None:
     # behind the controller's output still mix the queries' gradients; one extra partial
     # backward of the mask loss per step).
     _C.MODEL.IUQ.INTER.PROJECT_CONFLICT = False
+    # Only queries whose own mask already has at least this dice coefficient (1 - its dice
+    # loss this step, no gradient) are scored against other images: a per-query curriculum in
+    # which a query learns its own object before it is asked to be unique (ours; 0 scores every
+    # query, the paper's loss). Needs LOSS_FORM "focal".
+    _C.MODEL.IUQ.INTER.MIN_OWN_DICE = 0.0
     # "focal": the paper's focal loss of every (query, foreign pixel) pair against 0, times
     # LOSS_WEIGHT. "dice" (ours): each query's mean squared probability on the foreign pixels,
     # times the entries one image holds, joins the denominator of its own dice loss, LOSS_WEIGHT

@@ -269,6 +269,57 @@ def test_same_class_only_keeps_the_pairs_with_the_query_class():
     torch.testing.assert_close(loss["loss_inter"], expected)
 
 
+def _inter_loss_of(queries, min_own_dice, mask_dice):
+    """loss_inter of ``queries`` (image 0 of a two-image batch, no bank samples)."""
+    torch.manual_seed(0)
+    model = build_model(
+        iuq_config(
+            **{"MODEL.IUQ.INTER.MIN_OWN_DICE": min_own_dice, "MODEL.IUQ.INTER.NUM_NEGATIVES": 0}
+        )
+    )
+    batch = [
+        make_input(64, 64, [[8, 8, 40, 40]], [2], seed=0),
+        make_input(96, 128, [[4, 8, 40, 60], [60, 8, 120, 60]], [1, 2], seed=1),
+    ]
+    _, gt = _prepared(model, batch)
+    c = model.mask_head.in_channels
+    with EventStorage():
+        return model.inter_scene(
+            torch.zeros(2, c, 12, 16), queries, gt, torch.tensor([0, 1]), 0, mask_dice
+        )["loss_inter"]
+
+
+def test_min_own_dice_scores_only_the_queries_that_fit_their_own_mask():
+    """Two relu(rel_x) queries at different places; their own dice coefficients (2 inter /
+    union) are 0.9 and 0.5: at MIN_OWN_DICE 0.8 the loss is the first one's alone, at 0.95
+    nobody is scored and the loss is an exact zero that still back-propagates."""
+    one = _rel_x_query(build_model(iuq_config()))
+    two = Instances.cat([one, one])
+    two.locations = torch.tensor([[200.0, 40.0], [100.0, 40.0]])
+    two.mask_head_params = two.mask_head_params.clone().requires_grad_(True)
+    dice = (torch.tensor([0.45, 0.25]), torch.tensor([1.0, 1.0]))
+    both = _inter_loss_of(two, 0.0, dice)
+    first_only = _inter_loss_of(two, 0.8, dice)
+    alone = _inter_loss_of(one, 0.0, (dice[0][:1], dice[1][:1]))
+    torch.testing.assert_close(first_only, alone)
+    assert not torch.allclose(both, alone)
+    nobody = _inter_loss_of(two, 0.95, dice)
+    assert nobody.item() == 0.0
+    nobody.backward()
+    assert two.mask_head_params.grad is not None
+
+
+def test_min_own_dice_is_checked():
+    with pytest.raises(ValueError, match="MIN_OWN_DICE must be in"):
+        build_model(iuq_config(**{"MODEL.IUQ.INTER.MIN_OWN_DICE": 1.5}))
+    with pytest.raises(ValueError, match="MIN_OWN_DICE needs LOSS_FORM"):
+        build_model(
+            iuq_config(
+                **{"MODEL.IUQ.INTER.MIN_OWN_DICE": 0.5, "MODEL.IUQ.INTER.LOSS_FORM": "dice"}
+            )
+        )
+
+
 def test_bank_without_classes_loads_them_as_unknown():
     model = build_model(iuq_config())
     state = {k: v for k, v in model.state_dict().items() if k != "inter_scene.bank.classes"}

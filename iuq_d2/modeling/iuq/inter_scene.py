@@ -149,6 +149,7 @@ class InterSceneCriterion(nn.Module):
         same_class_only: bool = False,
         loss_form: str = "focal",
         project_conflict: bool = False,
+        min_own_dice: float = 0.0,
         mask_out_stride: int = 4,
     ):
         super().__init__()
@@ -178,6 +179,7 @@ class InterSceneCriterion(nn.Module):
         self.loss_form = loss_form
         self.project_conflict = project_conflict
         self._conflict_frac: Optional[Tensor] = None
+        self.min_own_dice = min_own_dice
         self.mask_out_stride = mask_out_stride
 
     @classmethod
@@ -235,6 +237,15 @@ class InterSceneCriterion(nn.Module):
                 "train, through the in-batch pixels: it needs MODEL.IUQ.INTER.BATCH_ENTRY_GRAD "
                 "True (otherwise loss_inter has no gradient at all)"
             )
+        if not 0.0 <= inter.MIN_OWN_DICE <= 1.0:
+            raise ValueError(
+                f"MODEL.IUQ.INTER.MIN_OWN_DICE must be in [0, 1], got {inter.MIN_OWN_DICE}"
+            )
+        if inter.MIN_OWN_DICE > 0 and inter.LOSS_FORM != "focal":
+            raise ValueError(
+                "MODEL.IUQ.INTER.MIN_OWN_DICE needs LOSS_FORM 'focal', "
+                f"got {inter.LOSS_FORM!r}"
+            )
         for key in ("PIXELS_PER_INSTANCE", "NUM_NEGATIVES"):
             if inter[key] < 0:
                 raise ValueError(f"MODEL.IUQ.INTER.{key} must be >= 0, got {inter[key]}")
@@ -264,6 +275,7 @@ class InterSceneCriterion(nn.Module):
             "same_class_only": inter.SAME_CLASS_ONLY,
             "loss_form": inter.LOSS_FORM,
             "project_conflict": inter.PROJECT_CONFLICT,
+            "min_own_dice": inter.MIN_OWN_DICE,
             "mask_out_stride": mask_head.mask_out_stride,
         }
 
@@ -411,6 +423,8 @@ class InterSceneCriterion(nn.Module):
             keep = torch.randperm(num_queries, device="cpu")[: self.max_queries]
             query_index = keep.to(mask_feats.device)
             queries = queries[query_index]
+        if self.min_own_dice > 0:
+            queries = queries[self.fits_own_mask(mask_dice, query_index)]
         if self.reference == "own":
             num_instances = sum(len(x) for x in gt_instances)
             own_logit, has_own = self.own_logits(queries, local, instances, num_instances)
@@ -497,6 +511,16 @@ class InterSceneCriterion(nn.Module):
             storage.put_scalar("iuq/bank_age_mean", ages.float().mean().item())
             storage.put_scalar("iuq/bank_age_max", ages.max().item())
         return {"loss_inter": loss}
+
+    def fits_own_mask(
+        self, mask_dice: Optional[Tuple[Tensor, Tensor]], query_index: Tensor
+    ) -> Tensor:
+        """[Q] bool over the evaluated queries: whether each one's dice coefficient on its own
+        mask this step reaches ``min_own_dice``."""
+        if mask_dice is None:
+            return torch.zeros_like(query_index, dtype=torch.bool)
+        inter, union = (t[query_index].detach() for t in mask_dice)
+        return 1.0 - dice_from_terms(inter, union) >= self.min_own_dice
 
     def protect_mask_loss(self, queries: Instances, loss_mask: Optional[Tensor]) -> Instances:
         """The queries with their parameters behind :func:`project_conflicting_gradient`
