@@ -34,7 +34,6 @@ def share_on_own_instance(d: dict) -> float:
     return on / (on + off) if on + off else math.nan
 
 
-
 def sharpness(key: str):
     """A mask-sharpness value; NaN for results written before ``key`` was measured."""
     return lambda d: d["sharpness"].get(key, math.nan)

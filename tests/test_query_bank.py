@@ -314,9 +314,7 @@ def test_min_own_dice_is_checked():
         build_model(iuq_config(**{"MODEL.IUQ.INTER.MIN_OWN_DICE": 1.5}))
     with pytest.raises(ValueError, match="MIN_OWN_DICE needs LOSS_FORM"):
         build_model(
-            iuq_config(
-                **{"MODEL.IUQ.INTER.MIN_OWN_DICE": 0.5, "MODEL.IUQ.INTER.LOSS_FORM": "dice"}
-            )
+            iuq_config(**{"MODEL.IUQ.INTER.MIN_OWN_DICE": 0.5, "MODEL.IUQ.INTER.LOSS_FORM": "dice"})
         )
 
 

@@ -361,8 +361,7 @@ def mask_sharpness(
                 if where.any():
                     regions[name].append(probs[where].mean().item())
     means = {
-        name: float(np.mean(values)) if values else float("nan")
-        for name, values in regions.items()
+        name: float(np.mean(values)) if values else float("nan") for name, values in regions.items()
     }
     return SharpnessStats(
         num_matched=num_matched,

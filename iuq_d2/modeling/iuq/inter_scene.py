@@ -243,8 +243,7 @@ class InterSceneCriterion(nn.Module):
             )
         if inter.MIN_OWN_DICE > 0 and inter.LOSS_FORM != "focal":
             raise ValueError(
-                "MODEL.IUQ.INTER.MIN_OWN_DICE needs LOSS_FORM 'focal', "
-                f"got {inter.LOSS_FORM!r}"
+                f"MODEL.IUQ.INTER.MIN_OWN_DICE needs LOSS_FORM 'focal', got {inter.LOSS_FORM!r}"
             )
         for key in ("PIXELS_PER_INSTANCE", "NUM_NEGATIVES"):
             if inter[key] < 0:
