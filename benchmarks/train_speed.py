@@ -179,7 +179,7 @@ def interleaved(args) -> None:
                         times[variant].append(seconds)
     base = args.variants[0]
     summary = {}
-    print(f"{'variant':<12} {'s/step':>8} {'ratio':>6} {'per-step ratio q25-q75':>24}")
+    print(f"{'variant':<16} {'s/step':>8} {'ratio':>6} {'per-step ratio q25-q75':>24}")
     for variant in args.variants:
         ratios = sorted(t / b for t, b in zip(times[variant], times[base]))
         q25, q50, q75 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
@@ -191,7 +191,7 @@ def interleaved(args) -> None:
             "steps_timed": len(times[variant]),
         }
         print(
-            f"{variant:<12} {summary[variant]['median_step_s']:>8.3f} {q50:>6.3f} "
+            f"{variant:<16} {summary[variant]['median_step_s']:>8.3f} {q50:>6.3f} "
             f"{q25:>11.3f} - {q75:.3f}"
         )
     device = _device_name(next(iter(steppers.values()))[2])
@@ -283,12 +283,12 @@ def main() -> None:
     )
     print(header)
     print(
-        f"{'variant':<12} {'images/step':>11} {'s/step':>8} {'ratio':>6} "
+        f"{'variant':<16} {'images/step':>11} {'s/step':>8} {'ratio':>6} "
         f"{'peak MB':>9} {'ratio':>6}"
     )
     for variant, s in summary.items():
         print(
-            f"{variant:<12} {s['images_per_step']:>11} {s['median_step_s']:>8.3f} "
+            f"{variant:<16} {s['images_per_step']:>11} {s['median_step_s']:>8.3f} "
             f"{s['step_ratio']:>6.2f} "
             f"{s['peak_mem_mb']:>9.0f} {s['mem_ratio']:>6.2f}"
         )
