@@ -242,23 +242,30 @@ def test_random_coordinates_lie_within_the_smallest_size_of_interest():
     torch.testing.assert_close(loss["loss_inter"], expected, rtol=0.05, atol=0.0)
 
 
-def test_same_class_only_keeps_the_pairs_with_the_query_class():
-    """The relu(rel_x) head with overlay pairs: the loss is the mean over the other image's
-    entries of the query's class only, read back from the bank."""
+def _inter_loss_of(queries, mask_dice=None, **overrides):
+    """loss_inter of ``queries`` (image 0 of a two-image batch: one instance of class 2, and
+    instances of classes 1 and 2 in image 1; no bank samples), and the model it came from."""
     torch.manual_seed(0)
-    model = build_model(
-        iuq_config(**{"MODEL.IUQ.INTER.SAME_CLASS_ONLY": True, "MODEL.IUQ.INTER.NUM_NEGATIVES": 0})
-    )
-    queries = _rel_x_query(model)
-    c = model.mask_head.in_channels
-    queries.gt_inds = torch.tensor([0])  # image 0's instance, class 2
+    model = build_model(iuq_config(**{"MODEL.IUQ.INTER.NUM_NEGATIVES": 0, **overrides}))
     batch = [
         make_input(64, 64, [[8, 8, 40, 40]], [2], seed=0),
         make_input(96, 128, [[4, 8, 40, 60], [60, 8, 120, 60]], [1, 2], seed=1),
     ]
     _, gt = _prepared(model, batch)
+    c = model.mask_head.in_channels
     with EventStorage():
-        loss = model.inter_scene(torch.zeros(2, c, 12, 16), queries, gt, torch.tensor([0, 1]), 0)
+        losses = model.inter_scene(
+            torch.zeros(2, c, 12, 16), queries, gt, torch.tensor([0, 1]), 0, mask_dice
+        )
+    return losses["loss_inter"], model
+
+
+def test_same_class_only_keeps_the_pairs_with_the_query_class():
+    """The relu(rel_x) head with overlay pairs: the loss is the mean over the other image's
+    entries of the query's class only, read back from the bank."""
+    queries = _rel_x_query(build_model(iuq_config()))
+    queries.gt_inds = torch.tensor([0])  # image 0's instance, class 2
+    loss, model = _inter_loss_of(queries, **{"MODEL.IUQ.INTER.SAME_CLASS_ONLY": True})
     bank = model.inter_scene.bank
     filled = bank.num_filled
     assert sorted(bank.classes[:filled].tolist()) == [1] * 6 + [2] * 12
@@ -266,27 +273,7 @@ def test_same_class_only_keeps_the_pairs_with_the_query_class():
     rel_x = (200.0 - bank.positions[:filled][keep, 0]) / 128
     p = torch.sigmoid(rel_x.clamp(min=0))
     expected = (0.75 * p**2 * -torch.log(1 - p)).mean()
-    torch.testing.assert_close(loss["loss_inter"], expected)
-
-
-def _inter_loss_of(queries, min_own_dice, mask_dice):
-    """loss_inter of ``queries`` (image 0 of a two-image batch, no bank samples)."""
-    torch.manual_seed(0)
-    model = build_model(
-        iuq_config(
-            **{"MODEL.IUQ.INTER.MIN_OWN_DICE": min_own_dice, "MODEL.IUQ.INTER.NUM_NEGATIVES": 0}
-        )
-    )
-    batch = [
-        make_input(64, 64, [[8, 8, 40, 40]], [2], seed=0),
-        make_input(96, 128, [[4, 8, 40, 60], [60, 8, 120, 60]], [1, 2], seed=1),
-    ]
-    _, gt = _prepared(model, batch)
-    c = model.mask_head.in_channels
-    with EventStorage():
-        return model.inter_scene(
-            torch.zeros(2, c, 12, 16), queries, gt, torch.tensor([0, 1]), 0, mask_dice
-        )["loss_inter"]
+    torch.testing.assert_close(loss, expected)
 
 
 def test_min_own_dice_scores_only_the_queries_that_fit_their_own_mask():
@@ -298,12 +285,13 @@ def test_min_own_dice_scores_only_the_queries_that_fit_their_own_mask():
     two.locations = torch.tensor([[200.0, 40.0], [100.0, 40.0]])
     two.mask_head_params = two.mask_head_params.clone().requires_grad_(True)
     dice = (torch.tensor([0.45, 0.25]), torch.tensor([1.0, 1.0]))
-    both = _inter_loss_of(two, 0.0, dice)
-    first_only = _inter_loss_of(two, 0.8, dice)
-    alone = _inter_loss_of(one, 0.0, (dice[0][:1], dice[1][:1]))
+    gate = "MODEL.IUQ.INTER.MIN_OWN_DICE"
+    both, _ = _inter_loss_of(two, dice)
+    first_only, _ = _inter_loss_of(two, dice, **{gate: 0.8})
+    alone, _ = _inter_loss_of(one, (dice[0][:1], dice[1][:1]))
     torch.testing.assert_close(first_only, alone)
     assert not torch.allclose(both, alone)
-    nobody = _inter_loss_of(two, 0.95, dice)
+    nobody, _ = _inter_loss_of(two, dice, **{gate: 0.95})
     assert nobody.item() == 0.0
     nobody.backward()
     assert two.mask_head_params.grad is not None
