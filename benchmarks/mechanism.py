@@ -102,13 +102,14 @@ def print_table(results: dict) -> None:
     )
     print(
         f"{'placement':<26} {'pairs':>7} {'pixels':>10}  {'p>0.5 pair/pixel':>17}  "
-        f"{'mean p pair/pixel':>17}"
+        f"{'mean p pair/pixel':>17}  {'grad share firing':>17}"
     )
     for name, f in results["false_firing"].items():
         print(
             f"{name:<26} {f['num_pairs']:>7} {f['num_pixels']:>10}  "
             f"{f['pair_frac_firing']:>8.4f}/{f['pixel_frac_firing']:<8.4f}  "
-            f"{f['pair_mean_prob']:>8.4f}/{f['pixel_mean_prob']:<8.4f}"
+            f"{f['pair_mean_prob']:>8.4f}/{f['pixel_mean_prob']:<8.4f}  "
+            f"{f.get('grad_share_firing', float('nan')):>17.4f}"
         )
     m = results["sharpness"]
     print(

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """One table over many ``benchmarks/mechanism.py`` results: per dataset and variant, the mean and
 spread over seeds of the inter-scene false firing at the foreign instances' own positions (all,
-on the query's own instance when laid over its image, off it, and the share of the firing that
-lies on it), on a look-alike moved to the query's relative position (all, on the moved own
-instance, off it) and of the mask sharpness. Files are named ``<dataset>_<variant>_seed<N>.json``.
+on the query's own instance when laid over its image, off it, the share of the firing that lies
+on it, and the share of the default loss's gradient that comes from firing pixels), on a
+look-alike moved to the query's relative position (all, on the moved own instance, off it) and
+of the mask sharpness. Files are named ``<dataset>_<variant>_seed<N>.json``.
 
     python benchmarks/mechanism_summary.py benchmarks/results/mechanism_ims8/*_seed*.json \
         --out benchmarks/results/mechanism_ims8/summary.json
@@ -43,6 +44,7 @@ def sharpness(key: str):
 COLUMNS = (
     ("firing %", firing("own_position"), 100.0),
     ("foreign mean p", firing("own_position", "pixel_mean_prob"), 1.0),
+    ("focal grad share firing %", firing("own_position", "grad_share_firing"), 100.0),
     ("on own inst. %", firing("on_own_instance"), 100.0),
     ("off own inst. %", firing("off_own_instance"), 100.0),
     ("firing share on own %", share_on_own_instance, 100.0),

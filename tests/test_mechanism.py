@@ -18,7 +18,7 @@ from iuq_d2.evaluation import (
     read_bank,
     sample_bank_entries,
 )
-from iuq_d2.evaluation.mechanism import _moved_footprints
+from iuq_d2.evaluation.mechanism import _FiringTally, _moved_footprints
 from iuq_d2.modeling.condinst.dynamic_mask_head import DynamicMaskHead
 
 from .conftest import make_input, tiny_config
@@ -131,6 +131,24 @@ def test_false_firing_of_a_head_reading_f(feat):
         assert s.pair_frac_firing == s.pixel_frac_firing == (1.0 if feat > 0 else 0.0)
         assert s.pair_mean_prob == pytest.approx(1 / (1 + math.exp(-feat)))
         assert s.pixel_mean_prob == pytest.approx(1 / (1 + math.exp(-feat)))
+        assert s.grad_share_firing == (1.0 if feat > 0 else 0.0)
+
+
+def test_grad_share_firing_is_the_focal_gradient_of_the_firing_pixels():
+    # Two queries on one instance of 4 pixels; the second query has no pixel of the other.
+    logits = torch.tensor([[3.0, 0.5, -1.0, -4.0], [2.0, -2.0, 0.2, 1.0]]).reshape(2, 1, 2, 2)
+    masks = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]]).reshape(2, 1, 2, 2)
+    tally = _FiringTally()
+    tally.add(logits, masks)
+    x = logits.clone().requires_grad_(True)
+    p = x.sigmoid()
+    (0.75 * p.pow(2) * -torch.log1p(-p) * masks).sum().backward()
+    grad = x.grad.flatten()
+    firing = (logits.flatten() > 0) & (masks.flatten() > 0)
+    expected = grad[firing].sum() / grad.sum()
+    assert tally.stats().grad_share_firing == pytest.approx(expected.item(), rel=1e-5)
+    # Most of it comes from the confident pixels: 3.0, 0.5, 2.0 against -1, -4, -2.
+    assert 0.9 < expected.item() < 1.0
 
 
 def test_mask_sharpness_inside_and_outside_the_matched_box():

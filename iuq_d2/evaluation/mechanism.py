@@ -26,6 +26,7 @@ from detectron2.structures import ImageList, Instances, pairwise_iou
 from torch import Tensor
 
 from ..data.mapper import CondInstDatasetMapper
+from ..layers.inter_scene_tiled import focal_and_grad
 from ..modeling.condinst import CondInst
 from ..modeling.condinst.dynamic_mask_head import DynamicMaskHead
 
@@ -48,6 +49,8 @@ __all__ = [
 
 # Where checkpoints hold the query bank's buffers: now, and before the criteria existed.
 BANK_PREFIXES = ("inter_scene.bank.", "query_bank.")
+# MODEL.IUQ.INTER.FOCAL_ALPHA/GAMMA's defaults: the loss whose gradient share is measured.
+_DEFAULT_FOCAL_ALPHA, _DEFAULT_FOCAL_GAMMA = 0.25, 2.0
 
 
 @dataclass
@@ -137,7 +140,10 @@ class FiringStats:
 
     ``pair_*`` average over (query, other image) pairs the per-pair fraction of the other
     image's instance pixels with p > 0.5 and their mean p; ``pixel_*`` pool all pixels of all
-    pairs (``num_pixels`` counts a pixel once per query).
+    pairs (``num_pixels`` counts a pixel once per query). ``grad_share_firing``: of the
+    gradient the default inter-scene loss (focal against 0, alpha 0.25, gamma 2) would send
+    into the logits of all these pixels, the share that comes from the firing ones; it says
+    whether the loss presses where a query fires or on every logit.
     """
 
     num_pairs: int
@@ -146,28 +152,34 @@ class FiringStats:
     pair_mean_prob: float
     pixel_frac_firing: float
     pixel_mean_prob: float
+    grad_share_firing: float
 
 
 class _FiringTally:
     def __init__(self):
         self.frac, self.prob = [], []
         self.firing = self.prob_sum = self.pixels = 0.0
+        self.grad_sum = self.grad_firing = 0.0
 
-    def add(self, probs: Tensor, masks: Tensor) -> None:
-        """probs [Q, G, H, W] of Q queries on the G instances' masks, [G, H, W] shared by the
+    def add(self, logits: Tensor, masks: Tensor) -> None:
+        """logits [Q, G, H, W] of Q queries on the G instances' masks, [G, H, W] shared by the
         queries or [Q, G, H, W] per query; a query with no pixel is not a pair."""
-        masks = masks.expand_as(probs)
+        masks = masks.expand_as(logits)
         pixels = masks.sum(dim=(1, 2, 3))
         keep = pixels > 0
         if not keep.any():
             return
-        firing = ((probs > 0.5) * masks).sum(dim=(1, 2, 3))
+        _, grad, probs = focal_and_grad(logits, _DEFAULT_FOCAL_ALPHA, _DEFAULT_FOCAL_GAMMA)
+        fires = (probs > 0.5) * masks
+        firing = fires.sum(dim=(1, 2, 3))
         prob_sum = (probs * masks).sum(dim=(1, 2, 3))
         self.frac.append(firing[keep] / pixels[keep])
         self.prob.append(prob_sum[keep] / pixels[keep])
         self.firing += firing.sum().item()
         self.prob_sum += prob_sum.sum().item()
         self.pixels += pixels.sum().item()
+        self.grad_sum += (grad * masks).sum().item()
+        self.grad_firing += (grad * fires).sum().item()
 
     def stats(self) -> FiringStats:
         frac = torch.cat(self.frac) if self.frac else torch.zeros(0)
@@ -180,6 +192,7 @@ class _FiringTally:
             pair_mean_prob=prob.mean().item(),
             pixel_frac_firing=self.firing / pixels,
             pixel_mean_prob=self.prob_sum / pixels,
+            grad_share_firing=self.grad_firing / (self.grad_sum or float("nan")),
         )
 
 
@@ -273,7 +286,7 @@ def false_firing(
                 image_b.mask_feats,
                 feat_stride,
                 _queries(q.mask_head_params, q.locations, q.fpn_levels),
-            ).sigmoid()
+            )
             own = own.expand(-1, num_gt, -1, -1)
             tallies["own_position"].add(own, masks)
             # B's instance pixels, for the queries that match an instance of A (the split).
@@ -292,7 +305,7 @@ def false_firing(
                     moved.reshape(-1, 2),
                     q.fpn_levels.repeat_interleave(num_gt),
                 ),
-            ).sigmoid()
+            )
             rel = rel.reshape(len(q), num_gt, *rel.shape[-2:])
             tallies["relative"].add(rel, masks)
             shifts = torch.round((centres_b[None] - centres[:, None]) / head.mask_out_stride)
