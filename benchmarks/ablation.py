@@ -54,6 +54,11 @@ OFF_FOOTPRINT = ["MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT", "True"]
 PROJECTED = ["MODEL.IUQ.INTER.PROJECT_CONFLICT", "True"]
 WIDE_FEATURES = ["MODEL.CONDINST.MASK_BRANCH.OUT_CHANNELS", "16"]
 FOCAL_GAMMA_4 = ["MODEL.IUQ.INTER.FOCAL_GAMMA", "4.0"]
+# What the paper's released CondInst code does (docs/method.md): mask probabilities
+# sigmoid(logit / 3) everywhere, and a penalty on another image's pixels only where a query's
+# probability there is at least 0.8.
+TEMPERATURE_3 = ["MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE", "3.0"]
+CONFIDENT = ["MODEL.IUQ.INTER.LOSS_FORM", "confident", "MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"]
 # GroupNorm instead of BatchNorm in the backbone and the mask branch (the FCOS towers already
 # use it): "paired" views then no longer halve the images BatchNorm's statistics come from.
 GROUP_NORM = ["MODEL.RESNETS.NORM", "GN", "MODEL.CONDINST.MASK_BRANCH.NORM", "GN"]
@@ -172,6 +177,13 @@ VARIANTS = {
     + INSTANCE_CENTERED
     + OFF_FOOTPRINT
     + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.02"],
+    "CondInst (mask temperature 3)": ["MODEL.META_ARCHITECTURE", "CondInst", *TEMPERATURE_3],
+    "IUQ (temperature 3, confident >= 0.8, weight 1)": DEFAULT_BANK + TEMPERATURE_3 + CONFIDENT,
+    "IUQ (temperature 3, confident >= 0.8, weight 1, instance_centered)": DEFAULT_BANK
+    + TEMPERATURE_3
+    + CONFIDENT
+    + INSTANCE_CENTERED,
+    "IUQ (defaults, temperature 3)": DEFAULT_BANK + TEMPERATURE_3,
     "views only (GN, paired)": IUQ_VIEWS + NO_BANK + GROUP_NORM + equi_weights(0.0, 0.0),
     "IUQ (defaults, weight 0.05)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.05"],
     "IUQ (dice form, 1 image)": DEFAULT_BANK + DICE_FORM + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],

@@ -96,6 +96,10 @@ def add_condinst_config(cfg: CN) -> None:
     _C.MODEL.CONDINST.MASK_HEAD.NUM_LAYERS = 3
     # Drop the relative coordinates from the mask head input (ablation).
     _C.MODEL.CONDINST.MASK_HEAD.DISABLE_REL_COORDS = False
+    # Mask probabilities are sigmoid(logit / T), in training and inference (ours; AdelaiDet: 1).
+    # The paper's released CondInst code uses T = 3 beside its IUQ losses (docs/method.md).
+    # Implemented by scaling the last dynamic layer's parameters, so checkpoints are unchanged.
+    _C.MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE = 1.0
     # Implementation of the head on whole feature maps (iuq_d2.layers.dense_mask_head): "auto"
     # (the Triton kernels on CUDA, the tiled path elsewhere), "triton", "tiled" or "reference"
     # (AdelaiDet's math: a copy of the features per query and all activations kept). All but
@@ -312,7 +316,7 @@ def add_iuq_config(cfg: CN) -> None:
     # loss this step, no gradient) are scored against other images: a per-query curriculum in
     # which a query learns its own object before it is asked to be unique (ours; 0 scores every
     # query, the paper's loss; 0.8 measured +0.6 mask AP on cells and -0.9 on shapes, 3 seeds,
-    # docs/method.md). Needs LOSS_FORM "focal".
+    # docs/method.md). Needs LOSS_FORM "focal" or "confident".
     _C.MODEL.IUQ.INTER.MIN_OWN_DICE = 0.0
     # "focal": the paper's focal loss of every (query, foreign pixel) pair against 0, times
     # LOSS_WEIGHT. "dice" (ours): each query's mean squared probability on the foreign pixels,
@@ -320,7 +324,13 @@ def add_iuq_config(cfg: CN) -> None:
     # images' worth (1 is one other image), so it cannot trade its own mask for silence
     # elsewhere. Measured far below CondInst on both embedded datasets (seed-1 screen,
     # docs/method.md), hence not the default. Computed in plain PyTorch ([Q, hidden, N] tensors).
+    # "confident": what the paper's released CondInst code penalises instead of the focal
+    # loss: a pair's probability where it is at least CONFIDENT_THRESHOLD, 0 elsewhere, so only
+    # confident firing is pushed down, and only to the threshold (the tiled path on any device).
     _C.MODEL.IUQ.INTER.LOSS_FORM = "focal"
+    # The probability from which LOSS_FORM "confident" penalises a pair (the released code: 0.8,
+    # on sigmoid(logit / 3): set MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE 3 for that).
+    _C.MODEL.IUQ.INTER.CONFIDENT_THRESHOLD = 0.8
 
     # Equivariance: every training image I gets a view g(I) (aligned crop, optional horizontal
     # flip, rescale), made in the dataset mapper before padding so that g is known exactly.

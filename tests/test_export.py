@@ -153,3 +153,18 @@ def test_cli_exports_iuq_checkpoint(images, tmp_path):
     assert info["input"]["format"] == "BGR"
     assert info["max_detections"] == 20
     assert info["thing_classes"] is not None and len(info["thing_classes"]) == 4
+
+
+def test_export_keeps_the_mask_logit_temperature(images, tmp_path):
+    """With MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE 3 the exported masks are thresholded on
+    sigmoid(logit / 3), as the PyTorch model's are."""
+    _, model = random_model(OPTS + ["MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE", "3.0"])
+    path = str(tmp_path / "model.ts")
+    export_torchscript(model, images[0], path)
+    traced = torch.jit.load(path)
+    plain = random_model()[1]
+    for image in images[:2]:
+        expected = pytorch_outputs(model, image)
+        assert_same_detections(expected, run_torchscript(traced, image))
+        # The temperature changes the masks (the same weights without it give others).
+        assert (pytorch_outputs(plain, image)[3] != expected[3]).any()

@@ -140,6 +140,71 @@ def test_default_call_unchanged():
     assert loss.dtype == torch.float32 and stats.num_pairs.dtype == torch.int64
 
 
+@pytest.mark.parametrize("case_name", list(CASES))
+@pytest.mark.parametrize("threshold", [0.5, 0.8])
+def test_confident_tiled_matches_reference(case_name, threshold):
+    case, shapes = make_case(**CASES[case_name])
+    # Logits spread wide enough that some pairs clear each threshold and some do not.
+    case["params"] = (case["params"] * 2.0).detach().requires_grad_(True)
+    form = {"pair_loss": "confident", "threshold": threshold}
+    ref = run(case, shapes, "reference", **form)
+    for chunk_elems in (None, 8 * 6 * 7, 1):
+        assert_same(run(case, shapes, "tiled", chunk_elems=chunk_elems, **form), ref)
+    auto = run(case, shapes, "auto", **form)
+    assert_same(auto, ref)
+
+
+def test_confident_loss_by_hand():
+    """Mean over valid pairs of p [p >= threshold]; pairs below it send no gradient."""
+    case, shapes = make_case(4, 30, feats_grad=False, dtype=torch.float64)
+    case["params"] = (case["params"] * 2.0).detach().requires_grad_(True)
+    args = [
+        case[k]
+        for k in (
+            "params",
+            "query_anchors",
+            "query_soi",
+            "query_images",
+            "pixel_feats",
+            "pixel_anchors",
+            "pixel_images",
+        )
+    ]
+    from iuq_d2.layers.inter_scene import reference_pair_logits
+
+    logits = (
+        reference_pair_logits(
+            case["params"],
+            case["query_anchors"],
+            case["query_soi"],
+            case["pixel_feats"],
+            case["pixel_anchors"],
+            shapes,
+        )
+        .detach()
+        .double()
+    )
+    prob = logits.sigmoid()
+    valid = case["query_images"][:, None] != case["pixel_images"][None, :]
+    on = (prob >= 0.8) & valid
+    assert 0 < on.sum() < valid.sum()
+    expected = (prob * on).sum() / valid.sum()
+    loss, _ = inter_scene_focal_loss(*args, shapes, impl="tiled", pair_loss="confident")
+    torch.testing.assert_close(loss.double(), expected)
+    (grad,) = torch.autograd.grad(loss, case["params"])
+    silent = ~on.any(dim=1)  # queries with no confident pair get no gradient at all
+    assert silent.any() and not silent.all()
+    assert (grad[silent] == 0).all()
+
+
+def test_confident_loss_refuses_the_triton_kernel_and_unknown_forms():
+    case, shapes = make_case(2, 5)
+    with pytest.raises(ValueError, match="focal loss only"):
+        run(case, shapes, "triton", pair_loss="confident")
+    with pytest.raises(ValueError, match="pair_loss"):
+        run(case, shapes, "tiled", pair_loss="hinge")
+
+
 def test_query_image_normalisation_by_hand():
     """Mean over each other image's entries, then over those images, then over queries."""
     case, shapes = make_case(5, 30, num_images=3, feats_grad=False)

@@ -102,7 +102,7 @@ def encode_image(model: CondInst, inputs: dict) -> EncodedImage:
     whose extra cells would enter the other images' measurements.
     """
     images, features, mask_feats = _features(model, inputs)
-    (det,), _ = model.proposal_generator(images, features, None, model.controller)
+    (det,), _ = model.proposal_generator(images, features, None, model.param_head)
     det.im_inds = torch.zeros_like(det.pred_classes)
     det.pred_global_masks = model.mask_head(mask_feats, model.mask_branch.out_stride, det).sigmoid()
     (gt,) = model.prepare_targets([inputs], images)

@@ -45,6 +45,8 @@ class TraceableCondInst(nn.Module):
         self.mask_head = model.mask_head
         self.register_buffer("pixel_mean", model._pixel_mean.clone(), persistent=False)
         self.register_buffer("pixel_std", model._pixel_std.clone(), persistent=False)
+        # The mask logit temperature, as CondInst.param_head applies it.
+        self.register_buffer("param_scale", model._param_scale.clone(), persistent=False)
         self.in_features: List[str] = list(fcos.in_features)
         self.strides: List[int] = list(fcos.strides)
         self.score_thresh = fcos.score_thresh
@@ -64,7 +66,13 @@ class TraceableCondInst(nn.Module):
         feats = [features[f] for f in self.in_features]
         logits, bbox_reg, ctrness, bbox_towers = self.fcos_head(feats)
         per_level = [
-            self._level_candidates(level, lg[0], reg[0], ctr[0], self.controller(tower)[0])
+            self._level_candidates(
+                level,
+                lg[0],
+                reg[0],
+                ctr[0],
+                self.controller(tower)[0] * self.param_scale[:, None, None],
+            )
             for level, (lg, reg, ctr, tower) in enumerate(
                 zip(logits, bbox_reg, ctrness, bbox_towers)
             )

@@ -43,6 +43,21 @@ def parse_dynamic_params(
     return weights, biases
 
 
+def last_layer_scale(shapes: List[Tuple[int, int]], factor: float) -> Tensor:
+    """[P] multipliers: ``factor`` on the last layer's weights and bias, 1 elsewhere.
+
+    The last layer is linear, so scaling its parameters by 1/T divides every logit by T:
+    sigmoid(x / T) without touching any consumer of the parameters.
+    """
+    sizes = [o * i for o, i in shapes] + [o for o, _ in shapes]
+    scale = torch.ones(sum(sizes))
+    weights_end = sum(sizes[: len(shapes)])
+    last_out, last_in = shapes[-1]
+    scale[weights_end - last_out * last_in : weights_end] = factor
+    scale[-last_out:] = factor
+    return scale
+
+
 def dynamic_mlp(x: Tensor, weights: List[Tensor], biases: List[Tensor]) -> Tensor:
     """Apply each query's MLP to its own inputs.
 

@@ -1,7 +1,9 @@
 """The inter-scene (dataset-level) uniqueness loss: PyTorch reference, shared pieces, dispatch.
 
 Every query's dynamic mask head is evaluated on instance pixels ("entries") of *other* images;
-each such pair is a negative, penalised with a sigmoid focal loss against target 0.
+each such pair is a negative, penalised with a sigmoid focal loss against target 0 (the
+paper's), or with its probability where that reaches a threshold (``"confident"``, the loss of
+the paper's released CondInst code).
 
 Three implementations share the pair weights (``inter_scene_weights``) and the folding of the
 relative coordinates into the first layer (``fold_dynamic_params``):
@@ -25,6 +27,7 @@ from .dynamic_mlp import parse_dynamic_params
 
 NORMALIZATIONS = ("pairs", "query_image")
 IMPLS = ("auto", "reference", "tiled", "triton")
+PAIR_LOSSES = ("focal", "confident")
 
 
 @dataclass
@@ -122,6 +125,21 @@ def focal_loss_target0(logits: Tensor, alpha: float, gamma: float) -> Tensor:
     return (1.0 - alpha) * logits.sigmoid().pow(gamma) * F.softplus(logits)
 
 
+def confident_firing(logits: Tensor, threshold: float) -> Tensor:
+    """p * [p >= threshold]: only confident firing is penalised, and only until it is not."""
+    prob = logits.sigmoid()
+    return prob * (prob >= threshold)
+
+
+def pair_loss_fn(pair_loss: str, alpha: float, gamma: float, threshold: float):
+    """The per-pair loss of a logit, as a function (autograd differentiates it)."""
+    if pair_loss not in PAIR_LOSSES:
+        raise ValueError(f"pair_loss must be one of {PAIR_LOSSES}, got {pair_loss!r}")
+    if pair_loss == "confident":
+        return lambda logits: confident_firing(logits, threshold)
+    return lambda logits: focal_loss_target0(logits, alpha, gamma)
+
+
 def reference_pair_logits(
     params: Tensor,
     query_anchors: Tensor,
@@ -191,6 +209,8 @@ def reference_inter_scene_focal_loss(
     gamma: float = 2.0,
     normalization: str = "pairs",
     pair_mask: Optional[Tensor] = None,
+    pair_loss: str = "focal",
+    threshold: float = 0.8,
 ) -> Tuple[Tensor, InterSceneStats]:
     """The PyTorch graph the fused paths are tested against; keeps [Q, hidden, N] tensors."""
     logits = reference_pair_logits(
@@ -202,7 +222,7 @@ def reference_inter_scene_focal_loss(
     valid = query_images[:, None] != pixel_images[None, :]
     if pair_mask is not None:
         valid = valid & pair_mask
-    loss = focal_loss_target0(logits, alpha, gamma)
+    loss = pair_loss_fn(pair_loss, alpha, gamma, threshold)(logits)
     total = (loss * (qw[:, None] * pw[None, :] * valid)).sum()
     with torch.no_grad():
         firing = ((logits.sigmoid() > 0.5) & valid).sum().float() / num_pairs.clamp(min=1)
@@ -238,8 +258,11 @@ def inter_scene_focal_loss(
     impl: str = "auto",
     chunk_elems: Optional[int] = None,
     pair_mask: Optional[Tensor] = None,
+    pair_loss: str = "focal",
+    threshold: float = 0.8,
 ) -> Tuple[Tensor, InterSceneStats]:
-    """Focal loss (target 0) of every query on every entry of another image.
+    """Focal loss (target 0) of every query on every entry of another image, or (``pair_loss
+    "confident"``) its probability wherever that is at least ``threshold``.
 
     The relative coordinates of the pair (q, n) are ``(query_anchors[q] - pixel_anchors[n]) /
     query_soi[q]``; the caller picks the anchors that implement "instance_centered" or
@@ -261,10 +284,16 @@ def inter_scene_focal_loss(
         chunk_elems: tiled path only: about how many floats one [Q, hidden, T] chunk holds.
         pair_mask: optional [Q, N] bool, the pairs that may count besides the image test
             ("pairs" normalisation).
+        pair_loss: "focal" or "confident" (reference and tiled paths; "auto" picks tiled for
+            it on CUDA too).
     Returns:
         the loss (0 with the graph kept when no pair is valid) and statistics without gradient.
     """
-    impl = _resolve_impl(impl, params)
+    if pair_loss not in PAIR_LOSSES:
+        raise ValueError(f"pair_loss must be one of {PAIR_LOSSES}, got {pair_loss!r}")
+    impl = "tiled" if impl == "auto" and pair_loss != "focal" else _resolve_impl(impl, params)
+    if impl == "triton" and pair_loss != "focal":
+        raise ValueError(f"the Triton kernel computes the focal loss only, not {pair_loss!r}")
     args = (
         params,
         query_anchors,
@@ -279,12 +308,15 @@ def inter_scene_focal_loss(
         gamma,
         normalization,
     )
+    form = {"pair_loss": pair_loss, "threshold": threshold}
     if impl == "reference":
-        return reference_inter_scene_focal_loss(*args, pair_mask=pair_mask)
+        return reference_inter_scene_focal_loss(*args, pair_mask=pair_mask, **form)
     if impl == "tiled":
         from .inter_scene_tiled import tiled_inter_scene_focal_loss
 
-        return tiled_inter_scene_focal_loss(*args, chunk_elems=chunk_elems, pair_mask=pair_mask)
+        return tiled_inter_scene_focal_loss(
+            *args, chunk_elems=chunk_elems, pair_mask=pair_mask, **form
+        )
     from .inter_scene_triton import triton_inter_scene_focal_loss
 
     return triton_inter_scene_focal_loss(*args, pair_mask=pair_mask)

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .inter_scene import (
+    PAIR_LOSSES,
     InterSceneStats,
     entry_inputs,
     fold_dynamic_params,
@@ -60,6 +61,14 @@ def focal_and_grad(logits: Tensor, alpha: float, gamma: float) -> Tuple[Tensor, 
     return scale.mul_(soft), grad, prob
 
 
+def confident_and_grad(logits: Tensor, threshold: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """p [p >= threshold], its derivative p (1 - p) [p >= threshold], and p."""
+    prob = logits.sigmoid()
+    on = prob >= threshold
+    loss = prob * on
+    return loss, loss * (1.0 - prob), prob
+
+
 def _chunk_size(num_queries: int, hidden: int, num_entries: int, chunk_elems: int) -> int:
     return max(1, min(num_entries, chunk_elems // max(1, num_queries * hidden)))
 
@@ -68,7 +77,8 @@ class TiledInterSceneLoss(torch.autograd.Function):
     """Weighted focal loss of the folded dynamic MLPs over all (query, entry) pairs.
 
     Inputs: entry inputs [N, C_in], query/entry image ids, query/entry weights, the focal
-    constants, the chunk size, then the layers' weights and biases (``fold_dynamic_params``).
+    constants, the chunk size, the pair mask, the confident-firing threshold (None: focal),
+    then the layers' weights and biases (``fold_dynamic_params``).
     Outputs: the loss and the number of firing valid pairs (no gradient).
     """
 
@@ -84,6 +94,7 @@ class TiledInterSceneLoss(torch.autograd.Function):
         gamma: float,
         chunk: int,
         pair_mask: Optional[Tensor],
+        threshold: Optional[float],
         *layers: Tensor,
     ) -> Tuple[Tensor, Tensor]:
         dtype = compute_dtype(inputs, *layers)
@@ -127,7 +138,10 @@ class TiledInterSceneLoss(torch.autograd.Function):
                 acts.append(x.relu_())
                 out = buffer(layer, widths[layer], t) if layer < num_layers - 1 else None
                 x = torch.baddbmm(biases[layer][:, :, None], weights[layer], x, out=out)
-            loss, grad, prob = focal_and_grad(x[:, 0, :], alpha, gamma)
+            if threshold is None:
+                loss, grad, prob = focal_and_grad(x[:, 0, :], alpha, gamma)
+            else:
+                loss, grad, prob = confident_and_grad(x[:, 0, :], threshold)
             valid = query_images[:, None] != pixel_images[None, start : start + t]
             if pair_mask is not None:
                 valid &= pair_mask[:, start : start + t]
@@ -168,7 +182,7 @@ class TiledInterSceneLoss(torch.autograd.Function):
         num_params = len(ctx.layer_dtypes)
         d_layers = [(g * grad_loss).to(dt) for g, dt in zip(saved[:num_params], ctx.layer_dtypes)]
         d_inputs = (saved[num_params] * grad_loss).to(ctx.input_dtype) if ctx.need_inputs else None
-        return (d_inputs, None, None, None, None, None, None, None, None, *d_layers)
+        return (d_inputs, None, None, None, None, None, None, None, None, None, *d_layers)
 
 
 def tiled_inter_scene_focal_loss(
@@ -186,8 +200,12 @@ def tiled_inter_scene_focal_loss(
     normalization: str = "pairs",
     chunk_elems: Optional[int] = None,
     pair_mask: Optional[Tensor] = None,
+    pair_loss: str = "focal",
+    threshold: float = 0.8,
 ) -> Tuple[Tensor, InterSceneStats]:
     """``inter_scene_focal_loss`` in chunks of entries; see the module docstring."""
+    if pair_loss not in PAIR_LOSSES:
+        raise ValueError(f"pair_loss must be one of {PAIR_LOSSES}, got {pair_loss!r}")
     dtype = compute_dtype(params, pixel_feats)
     weights, biases = fold_dynamic_params(
         params, query_anchors, query_soi, layer_shapes, use_rel_coords, dtype
@@ -209,6 +227,7 @@ def tiled_inter_scene_focal_loss(
         float(gamma),
         chunk,
         pair_mask,
+        float(threshold) if pair_loss == "confident" else None,
         *weights,
         *biases,
     )

@@ -11,6 +11,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from torch import Tensor, nn
 
+from ...layers.dynamic_mlp import last_layer_scale
 from ...layers.losses import dice_from_terms
 from ...layers.mask_dice import chunked_upsampled_dice_terms, upsampled_dice_terms
 from ...layers.upsample import aligned_bilinear
@@ -71,6 +72,7 @@ class CondInst(nn.Module):
         topk_proposals_per_im: int,
         mask_threshold: float = 0.5,
         channels_last: bool = False,
+        mask_logit_temperature: float = 1.0,
     ):
         super().__init__()
         self.backbone = backbone
@@ -87,6 +89,14 @@ class CondInst(nn.Module):
         # Not buffers: AdelaiDet's checkpoints hold no pixel_mean/pixel_std.
         self._pixel_mean = torch.tensor(pixel_mean).view(-1, 1, 1)
         self._pixel_std = torch.tensor(pixel_std).view(-1, 1, 1)
+        if mask_logit_temperature <= 0:
+            raise ValueError(
+                "MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE must be > 0, "
+                f"got {mask_logit_temperature}"
+            )
+        self.mask_logit_temperature = mask_logit_temperature
+        # Not a buffer either: checkpoints stay AdelaiDet's whatever the temperature.
+        self._param_scale = last_layer_scale(mask_head.layer_shapes, 1.0 / mask_logit_temperature)
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -123,11 +133,21 @@ class CondInst(nn.Module):
             "max_proposals": condinst.MAX_PROPOSALS,
             "topk_proposals_per_im": condinst.TOPK_PROPOSALS_PER_IM,
             "channels_last": condinst.CHANNELS_LAST,
+            "mask_logit_temperature": condinst.MASK_HEAD.LOGIT_TEMPERATURE,
         }
 
     @property
     def device(self) -> torch.device:
         return self.controller.weight.device
+
+    def param_head(self, tower: Tensor) -> Tensor:
+        """The controller on a box tower: [N, P, H, W] dynamic mask head parameters, the last
+        layer's divided by the mask logit temperature, so that every consumer of the parameters
+        (mask loss, inference, the inter-scene loss, export) sees logits / T."""
+        params = self.controller(tower)
+        if self.mask_logit_temperature == 1.0:
+            return params
+        return params * self._param_scale.to(params)[:, None, None]
 
     def forward(self, batched_inputs: List[dict]):
         if not self.training:
@@ -190,7 +210,7 @@ class CondInst(nn.Module):
         features = self.backbone(images.tensor)
         mask_feats, losses = self.mask_branch(features, gt_instances)
         positives, fcos_losses = self.proposal_generator(
-            images, features, gt_instances, self.controller
+            images, features, gt_instances, self.param_head
         )
         losses.update(fcos_losses)
         queries = self.sample_queries(positives, gt_instances)
@@ -275,7 +295,7 @@ class CondInst(nn.Module):
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         mask_feats, _ = self.mask_branch(features)
-        detections, _ = self.proposal_generator(images, features, None, self.controller)
+        detections, _ = self.proposal_generator(images, features, None, self.param_head)
         queries = Instances((0, 0))
         for name in ("mask_head_params", "locations", "fpn_levels"):
             queries.set(name, torch.cat([d.get(name) for d in detections]))

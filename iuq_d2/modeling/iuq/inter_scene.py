@@ -28,7 +28,7 @@ from .query_bank import BankEntries, QueryBank
 COORD_MODES = ("instance_centered", "overlay", "random")
 NORMALIZATIONS = ("pairs", "query_image")
 REFERENCES = ("zero", "own")
-LOSS_FORMS = ("focal", "dice")
+LOSS_FORMS = ("focal", "dice", "confident")
 
 
 def image_ids_of(batched_inputs: List[dict], device: torch.device) -> Tensor:
@@ -151,6 +151,7 @@ class InterSceneCriterion(nn.Module):
         project_conflict: bool = False,
         min_own_dice: float = 0.0,
         mask_out_stride: int = 4,
+        confident_threshold: float = 0.8,
     ):
         super().__init__()
         self.bank = bank
@@ -177,6 +178,7 @@ class InterSceneCriterion(nn.Module):
         self.exclude_own_footprint = exclude_own_footprint
         self.same_class_only = same_class_only
         self.loss_form = loss_form
+        self.confident_threshold = confident_threshold
         self.project_conflict = project_conflict
         self._conflict_frac: Optional[Tensor] = None
         self.min_own_dice = min_own_dice
@@ -241,9 +243,15 @@ class InterSceneCriterion(nn.Module):
             raise ValueError(
                 f"MODEL.IUQ.INTER.MIN_OWN_DICE must be in [0, 1], got {inter.MIN_OWN_DICE}"
             )
-        if inter.MIN_OWN_DICE > 0 and inter.LOSS_FORM != "focal":
+        if inter.MIN_OWN_DICE > 0 and inter.LOSS_FORM == "dice":
             raise ValueError(
-                f"MODEL.IUQ.INTER.MIN_OWN_DICE needs LOSS_FORM 'focal', got {inter.LOSS_FORM!r}"
+                "MODEL.IUQ.INTER.MIN_OWN_DICE needs LOSS_FORM 'focal' or 'confident', "
+                f"got {inter.LOSS_FORM!r}"
+            )
+        if not 0.0 < inter.CONFIDENT_THRESHOLD < 1.0:
+            raise ValueError(
+                "MODEL.IUQ.INTER.CONFIDENT_THRESHOLD must be in (0, 1), "
+                f"got {inter.CONFIDENT_THRESHOLD}"
             )
         for key in ("PIXELS_PER_INSTANCE", "NUM_NEGATIVES"):
             if inter[key] < 0:
@@ -276,6 +284,7 @@ class InterSceneCriterion(nn.Module):
             "project_conflict": inter.PROJECT_CONFLICT,
             "min_own_dice": inter.MIN_OWN_DICE,
             "mask_out_stride": mask_head.mask_out_stride,
+            "confident_threshold": inter.CONFIDENT_THRESHOLD,
         }
 
     def warmup_factor(self, iteration: int) -> float:
@@ -494,6 +503,8 @@ class InterSceneCriterion(nn.Module):
                 normalization=self.normalization,
                 impl=self.impl,
                 pair_mask=pair_mask,
+                pair_loss=self.loss_form,
+                threshold=self.confident_threshold,
             )
             loss = loss * scale
         self.bank.enqueue(current, iteration)
