@@ -374,21 +374,6 @@ def test_channels_last_gives_the_same_losses_gradients_and_detections(arch):
     assert (outputs[True].pred_masks != outputs[False].pred_masks).float().mean() < 1e-3
 
 
-def _mask_logits(model, batch):
-    """The inference path up to the sigmoid: each detection's mask logits."""
-    images = model.preprocess_image(batch)
-    features = model.backbone(images.tensor)
-    mask_feats, _ = model.mask_branch(features)
-    detections, _ = model.proposal_generator(images, features, None, model.param_head)
-    queries = Instances((0, 0))
-    for name in ("mask_head_params", "locations", "fpn_levels"):
-        queries.set(name, torch.cat([d.get(name) for d in detections]))
-    queries.im_inds = torch.cat(
-        [torch.full_like(d.pred_classes, i) for i, d in enumerate(detections)]
-    )
-    return model.mask_head(mask_feats, model.mask_branch.out_stride, queries), detections
-
-
 def test_mask_logit_temperature_divides_every_mask_logit():
     """T = 3 (the paper's released code) gives sigmoid(logit / 3) in training and inference,
     with the same weights and the same checkpoint keys as T = 1."""
@@ -401,8 +386,8 @@ def test_mask_logit_temperature_divides_every_mask_logit():
     assert plain.state_dict().keys() == tempered.state_dict().keys()
     tempered.load_state_dict(plain.state_dict())
     with torch.no_grad():
-        logits_a, dets_a = _mask_logits(plain, _batch())
-        logits_b, dets_b = _mask_logits(tempered, _batch())
+        dets_a, logits_a = plain.detect(plain.preprocess_image(_batch()))
+        dets_b, logits_b = tempered.detect(tempered.preprocess_image(_batch()))
     assert logits_a.numel() > 0 and logits_a.abs().max() > 0
     for a, b in zip(dets_a, dets_b):
         torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor)

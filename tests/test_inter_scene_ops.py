@@ -17,6 +17,7 @@ from iuq_d2.layers.inter_scene import (
     inter_scene_focal_loss,
     inter_scene_weights,
     reference_inter_scene_focal_loss,
+    reference_pair_logits,
 )
 
 from .kernel_compile import compile_for
@@ -56,6 +57,12 @@ def make_case(
     case["params"].requires_grad_(True)
     case["pixel_feats"].requires_grad_(feats_grad)
     return case, shapes
+
+
+def positional_args(case):
+    """The case's tensors in the order of the loss's positional arguments."""
+    names = ("params", "query_anchors", "query_soi", "query_images")
+    return [case[k] for k in names + ("pixel_feats", "pixel_anchors", "pixel_images")]
 
 
 def run(case, shapes, impl, **kw):
@@ -122,18 +129,7 @@ def test_tiled_matches_reference(case_name, normalization, use_rel_coords, feats
 def test_default_call_unchanged():
     """The positional call of the original API: pairs normalisation, auto impl."""
     case, shapes = make_case(7, 64)
-    args = [
-        case[k]
-        for k in (
-            "params",
-            "query_anchors",
-            "query_soi",
-            "query_images",
-            "pixel_feats",
-            "pixel_anchors",
-            "pixel_images",
-        )
-    ]
+    args = positional_args(case)
     loss, stats = inter_scene_focal_loss(*args, shapes)
     ref, ref_stats = reference_inter_scene_focal_loss(*args, shapes)
     torch.testing.assert_close(loss, ref)
@@ -158,33 +154,10 @@ def test_confident_loss_by_hand():
     """Mean over valid pairs of p [p >= threshold]; pairs below it send no gradient."""
     case, shapes = make_case(4, 30, feats_grad=False, dtype=torch.float64)
     case["params"] = (case["params"] * 2.0).detach().requires_grad_(True)
-    args = [
-        case[k]
-        for k in (
-            "params",
-            "query_anchors",
-            "query_soi",
-            "query_images",
-            "pixel_feats",
-            "pixel_anchors",
-            "pixel_images",
-        )
-    ]
-    from iuq_d2.layers.inter_scene import reference_pair_logits
-
-    logits = (
-        reference_pair_logits(
-            case["params"],
-            case["query_anchors"],
-            case["query_soi"],
-            case["pixel_feats"],
-            case["pixel_anchors"],
-            shapes,
-        )
-        .detach()
-        .double()
-    )
-    prob = logits.sigmoid()
+    args = positional_args(case)
+    params, anchors, soi, _, feats, pixel_anchors, _ = args
+    logits = reference_pair_logits(params, anchors, soi, feats, pixel_anchors, shapes).double()
+    prob = logits.detach().sigmoid()
     valid = case["query_images"][:, None] != case["pixel_images"][None, :]
     on = (prob >= 0.8) & valid
     assert 0 < on.sum() < valid.sum()

@@ -291,8 +291,9 @@ class CondInst(nn.Module):
             queries.im_inds,
         )
 
-    def inference(self, batched_inputs: List[dict], do_postprocess: bool = True):
-        images = self.preprocess_image(batched_inputs)
+    def detect(self, images: ImageList) -> Tuple[List[Instances], Tensor]:
+        """The FCOS detections of each image and the mask logits [D, 1, H', W'] of all of
+        them, in that order (before the sigmoid and any resizing)."""
         features = self.backbone(images.tensor)
         mask_feats, _ = self.mask_branch(features)
         detections, _ = self.proposal_generator(images, features, None, self.param_head)
@@ -302,7 +303,12 @@ class CondInst(nn.Module):
         queries.im_inds = torch.cat(
             [torch.full_like(d.pred_classes, i) for i, d in enumerate(detections)]
         )
-        probs = self.mask_head(mask_feats, self.mask_branch.out_stride, queries).sigmoid()
+        return detections, self.mask_head(mask_feats, self.mask_branch.out_stride, queries)
+
+    def inference(self, batched_inputs: List[dict], do_postprocess: bool = True):
+        images = self.preprocess_image(batched_inputs)
+        detections, logits = self.detect(images)
+        probs = logits.sigmoid()
         per_image = probs.split([len(d) for d in detections])
         if not do_postprocess:
             for det, p in zip(detections, per_image):
