@@ -131,10 +131,14 @@ def confident_firing(logits: Tensor, threshold: float) -> Tensor:
     return prob * (prob >= threshold)
 
 
-def pair_loss_fn(pair_loss: str, alpha: float, gamma: float, threshold: float):
-    """The per-pair loss of a logit, as a function (autograd differentiates it)."""
+def check_pair_loss(pair_loss: str) -> None:
     if pair_loss not in PAIR_LOSSES:
         raise ValueError(f"pair_loss must be one of {PAIR_LOSSES}, got {pair_loss!r}")
+
+
+def pair_loss_fn(pair_loss: str, alpha: float, gamma: float, threshold: float):
+    """The per-pair loss of a logit, as a function (autograd differentiates it)."""
+    check_pair_loss(pair_loss)
     if pair_loss == "confident":
         return lambda logits: confident_firing(logits, threshold)
     return lambda logits: focal_loss_target0(logits, alpha, gamma)
@@ -289,8 +293,7 @@ def inter_scene_focal_loss(
     Returns:
         the loss (0 with the graph kept when no pair is valid) and statistics without gradient.
     """
-    if pair_loss not in PAIR_LOSSES:
-        raise ValueError(f"pair_loss must be one of {PAIR_LOSSES}, got {pair_loss!r}")
+    check_pair_loss(pair_loss)
     impl = "tiled" if impl == "auto" and pair_loss != "focal" else _resolve_impl(impl, params)
     if impl == "triton" and pair_loss != "focal":
         raise ValueError(f"the Triton kernel computes the focal loss only, not {pair_loss!r}")

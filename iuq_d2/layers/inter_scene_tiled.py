@@ -17,8 +17,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .inter_scene import (
-    PAIR_LOSSES,
     InterSceneStats,
+    check_pair_loss,
     entry_inputs,
     fold_dynamic_params,
     inter_scene_weights,
@@ -204,8 +204,7 @@ def tiled_inter_scene_focal_loss(
     threshold: float = 0.8,
 ) -> Tuple[Tensor, InterSceneStats]:
     """``inter_scene_focal_loss`` in chunks of entries; see the module docstring."""
-    if pair_loss not in PAIR_LOSSES:
-        raise ValueError(f"pair_loss must be one of {PAIR_LOSSES}, got {pair_loss!r}")
+    check_pair_loss(pair_loss)
     dtype = compute_dtype(params, pixel_feats)
     weights, biases = fold_dynamic_params(
         params, query_anchors, query_soi, layer_shapes, use_rel_coords, dtype
