@@ -58,6 +58,8 @@ FOCAL_GAMMA_4 = ["MODEL.IUQ.INTER.FOCAL_GAMMA", "4.0"]
 # sigmoid(logit / 3) everywhere, and a penalty on another image's pixels only where a query's
 # probability there is at least 0.8.
 TEMPERATURE_3 = ["MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE", "3.0"]
+# The instance-contrastive representation term (ours) with every MODEL.IUQ.CONTRAST default.
+CONTRAST = ["MODEL.IUQ.CONTRAST.ENABLED", "True"]
 CONFIDENT = ["MODEL.IUQ.INTER.LOSS_FORM", "confident", "MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"]
 # GroupNorm instead of BatchNorm in the backbone and the mask branch (the FCOS towers already
 # use it): "paired" views then no longer halve the images BatchNorm's statistics come from.
@@ -184,6 +186,8 @@ VARIANTS = {
     + CONFIDENT
     + INSTANCE_CENTERED,
     "IUQ (defaults, temperature 3)": DEFAULT_BANK + TEMPERATURE_3,
+    "IUQ (defaults, instance contrast)": DEFAULT_BANK + CONTRAST,
+    "IUQ (instance contrast only)": DEFAULT_BANK + NO_BANK + CONTRAST,
     "views only (GN, paired)": IUQ_VIEWS + NO_BANK + GROUP_NORM + equi_weights(0.0, 0.0),
     "IUQ (defaults, weight 0.05)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.05"],
     "IUQ (dice form, 1 image)": DEFAULT_BANK + DICE_FORM + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],

@@ -332,6 +332,26 @@ def add_iuq_config(cfg: CN) -> None:
     # on sigmoid(logit / 3): set MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE 3 for that).
     _C.MODEL.IUQ.INTER.CONFIDENT_THRESHOLD = 0.8
 
+    # Instance-unique representations (ours, off by default): a supervised contrastive loss on
+    # the mask features F at sampled instance cells of the global batch (docs/method.md), so that
+    # F carries an instance's identity the queries can be unique on. Training only.
+    _C.MODEL.IUQ.CONTRAST = CN()
+    _C.MODEL.IUQ.CONTRAST.ENABLED = False
+    _C.MODEL.IUQ.CONTRAST.LOSS_WEIGHT = 0.1
+    # Temperature of the cosine similarities (pixel-contrastive segmentation uses 0.1).
+    _C.MODEL.IUQ.CONTRAST.TEMPERATURE = 0.1
+    # Widths of the training-only projection F -> embedding (Linear layers, ReLU between); ()
+    # contrasts F itself.
+    _C.MODEL.IUQ.CONTRAST.PROJECTION_DIMS = (64, 32)
+    # Cells sampled per instance (at least 2: an anchor needs a positive).
+    _C.MODEL.IUQ.CONTRAST.PIXELS_PER_INSTANCE = 16
+    # At most this many of a process's sampled cells are anchors (-1: all); every sampled cell
+    # of the global batch is a key, so the cost per step is bounded by anchors x keys.
+    _C.MODEL.IUQ.CONTRAST.MAX_ANCHORS = 1024
+    # "all": every other instance's cells are negatives; "other_images": only those of other
+    # images (dataset-level uniqueness without asking neighbours in one image to differ).
+    _C.MODEL.IUQ.CONTRAST.NEGATIVES = "all"
+
     # Equivariance: every training image I gets a view g(I) (aligned crop, optional horizontal
     # flip, rescale), made in the dataset mapper before padding so that g is known exactly.
     _C.MODEL.IUQ.EQUI = CN()
