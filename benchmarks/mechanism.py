@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Measure the mechanism of a checkpoint, not only its AP: inter-scene false firing of the
-dynamic mask heads, mask sharpness and, for IUQ checkpoints, staleness of the query bank.
+dynamic mask heads, mask sharpness, how well the mask features identify instances and, for IUQ
+checkpoints, staleness of the query bank.
 
     python benchmarks/mechanism.py --config-file configs/Demo/shapes_IUQ.yaml \
         --weights output/demo_shapes_IUQ/model_final.pth --num-images 30 \
@@ -29,6 +30,7 @@ from iuq_d2.evaluation import (
     coco_mask_ap,
     encode_image,
     false_firing,
+    feature_identity,
     map_for_evaluation,
     mask_sharpness,
     read_bank,
@@ -118,6 +120,14 @@ def print_table(results: dict) -> None:
         f"{m['mean_prob_outside']:.4f}; interior {m['mean_prob_interior']:.4f}, border "
         f"{m['mean_prob_border']:.4f}, ring outside {m['mean_prob_ring']:.4f}"
     )
+    i = results["identity"]
+    print(
+        f"Mask features ({i['num_cells']} instance cells): nearest cell of the same instance "
+        f"{i['nn_same_instance_in_image']:.4f} in its image, {i['nn_same_instance_overall']:.4f} "
+        f"over all images; cosine to its instance {i['cos_same_instance']:.4f}, to other "
+        f"instances of its image {i['cos_other_instance_same_image']:.4f}, to other images "
+        f"{i['cos_other_image']:.4f}"
+    )
     if "coco" in results:
         c = results["coco"]
         print(
@@ -176,6 +186,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
         "settings": {"num_others": min(args.num_others, len(encoded) - 1), **selection},
         "false_firing": {name: asdict(stats) for name, stats in firing.items()},
         "sharpness": asdict(mask_sharpness(encoded, model.mask_head.mask_out_stride, **selection)),
+        "identity": asdict(
+            feature_identity(encoded, model.mask_branch.out_stride, model.mask_head.mask_out_stride)
+        ),
     }
     if not args.no_coco:
         results["coco"] = coco_mask_ap(model, dataset, encoded)

@@ -3,8 +3,9 @@
 spread over seeds of the inter-scene false firing at the foreign instances' own positions (all,
 on the query's own instance when laid over its image, off it, the share of the firing that lies
 on it, and the share of the default loss's gradient that comes from firing pixels), on a
-look-alike moved to the query's relative position (all, on the moved own instance, off it) and
-of the mask sharpness. Files are named ``<dataset>_<variant>_seed<N>.json``.
+look-alike moved to the query's relative position (all, on the moved own instance, off it), of
+the mask sharpness and of how well the mask features identify instances. Files are named
+``<dataset>_<variant>_seed<N>.json``.
 
     python benchmarks/mechanism_summary.py benchmarks/results/mechanism_ims8/*_seed*.json \
         --out benchmarks/results/mechanism_ims8/summary.json
@@ -35,6 +36,11 @@ def share_on_own_instance(d: dict) -> float:
     return on / (on + off) if on + off else math.nan
 
 
+def identity(key: str):
+    """A feature-identity value; NaN for results written before it was measured."""
+    return lambda d: d.get("identity", {}).get(key, math.nan)
+
+
 def sharpness(key: str):
     """A mask-sharpness value; NaN for results written before ``key`` was measured."""
     return lambda d: d["sharpness"].get(key, math.nan)
@@ -56,6 +62,11 @@ COLUMNS = (
     ("p mask interior", sharpness("mean_prob_interior"), 1.0),
     ("p mask border", sharpness("mean_prob_border"), 1.0),
     ("p ring outside", sharpness("mean_prob_ring"), 1.0),
+    ("F NN own inst. in image %", identity("nn_same_instance_in_image"), 100.0),
+    ("F NN own inst. overall %", identity("nn_same_instance_overall"), 100.0),
+    ("F cos own inst.", identity("cos_same_instance"), 1.0),
+    ("F cos other inst.", identity("cos_other_instance_same_image"), 1.0),
+    ("F cos other image", identity("cos_other_image"), 1.0),
 )
 NAME = re.compile(r"^(?P<dataset>[^_]+)_(?P<variant>.+)_seed(?P<seed>\d+)\.json$")
 

@@ -49,10 +49,15 @@ def test_loss_by_hand_with_self_pairs_left_out():
     loss = instance_contrast_loss(
         keys[anchor_rows], keys, key_inst[anchor_rows], key_inst, 0.5, anchor_key_index=anchor_rows
     )
+    anchor_inst = key_inst[anchor_rows].tolist()
     expected = _hand_loss(
-        keys[anchor_rows], keys, key_inst[anchor_rows].tolist(), key_inst.tolist(), 0.5,
+        keys[anchor_rows],
+        keys,
+        anchor_inst,
+        key_inst.tolist(),
+        0.5,
         self_index=anchor_rows.tolist(),
-    )  # fmt: skip
+    )
     assert loss.item() == pytest.approx(expected, rel=1e-10)
 
 

@@ -14,6 +14,7 @@ from iuq_d2.evaluation import (
     bank_feature_drift,
     encode_image,
     false_firing,
+    feature_identity,
     mask_sharpness,
     read_bank,
     sample_bank_entries,
@@ -186,6 +187,40 @@ def test_mask_sharpness_splits_the_mask_into_border_and_interior():
     assert stats.mean_prob_ring == pytest.approx(0.4)
     assert stats.mean_prob_inside == pytest.approx((16 * 0.95 + 20 * 0.7) / 36)
     assert stats.mean_prob_outside == pytest.approx((28 * 0.4 + 36 * 0.1) / 64)
+
+
+def _identity_image(image_id, masks, feats):
+    """A 32 x 32 encoded image with ground-truth ``masks`` on the stride-4 grid [G, 8, 8] and
+    mask features ``feats`` [C, 4, 4]."""
+    gt = Instances((32, 32))
+    gt.gt_bitmasks = masks
+    return EncodedImage(image_id, feats[None], Instances((32, 32)), gt, (32, 32), (32, 32))
+
+
+def test_feature_identity_by_hand():
+    # Image A: a left and a right instance (8 stride-8 cells each), F (1, 0) and (-1, 0).
+    masks_a = torch.zeros(2, 8, 8)
+    masks_a[0, :, :4] = 1.0
+    masks_a[1, :, 4:] = 1.0
+    feats_a = torch.zeros(2, 4, 4)
+    feats_a[0, :, :2], feats_a[0, :, 2:] = 1.0, -1.0
+    # Image B: one instance on two cells, u = (1, 0.05) (a look-alike of A's left instance)
+    # and v = (0, 1): u's nearest cell is in A, v's is u.
+    masks_b = torch.zeros(1, 8, 8)
+    masks_b[0, 1, :4] = 1.0
+    feats_b = torch.zeros(2, 4, 4)
+    feats_b[:, 0, 0] = torch.tensor([1.0, 0.05])
+    feats_b[:, 0, 1] = torch.tensor([0.0, 1.0])
+    images = [_identity_image(1, masks_a, feats_a), _identity_image(2, masks_b, feats_b)]
+    stats = feature_identity(images, feat_stride=8, mask_out_stride=4)
+    cos_uv = 0.05 / math.hypot(1.0, 0.05)
+    assert stats.num_cells == 18
+    assert stats.nn_same_instance_overall == pytest.approx(17 / 18)
+    # Only image A has two instances; each of its cells finds its own instance there.
+    assert stats.nn_same_instance_in_image == 1.0
+    assert stats.cos_same_instance == pytest.approx((112 + 2 * cos_uv) / 114)
+    assert stats.cos_other_instance_same_image == pytest.approx(-1.0)
+    assert stats.cos_other_image == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.fixture

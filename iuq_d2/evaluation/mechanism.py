@@ -9,7 +9,9 @@ that are assumed not to go stale. Each is measured here from a model and validat
 * :func:`mask_sharpness` (and :func:`coco_mask_ap`): mask probability inside vs outside the
   ground truth of matched detections;
 * :func:`bank_ages` and :func:`bank_feature_drift`: age of the bank's entries and distance of
-  their stored features from F recomputed by the current model.
+  their stored features from F recomputed by the current model;
+* :func:`feature_identity`: whether F itself tells instances apart, in one image and across
+  images (what ``MODEL.IUQ.CONTRAST`` trains).
 
 Images go through the model once (:func:`encode_image`); the functions work on the results.
 """
@@ -34,6 +36,7 @@ __all__ = [
     "BANK_PREFIXES",
     "EncodedImage",
     "FiringStats",
+    "IdentityStats",
     "SharpnessStats",
     "bank_ages",
     "bank_feature_drift",
@@ -41,6 +44,7 @@ __all__ = [
     "confident",
     "encode_image",
     "false_firing",
+    "feature_identity",
     "map_for_evaluation",
     "mask_sharpness",
     "read_bank",
@@ -390,6 +394,95 @@ def _erode_dilate(mask: Tensor) -> Tuple[Tensor, Tensor]:
     dilated = F.max_pool2d(m, 3, stride=1, padding=1)[0, 0] > 0
     interior = F.max_pool2d(1.0 - m, 3, stride=1, padding=1)[0, 0] == 0
     return interior, dilated
+
+
+@dataclass
+class IdentityStats:
+    """How well the mask features F identify instances, from cells sampled on each
+    ground-truth instance: the fraction of cells whose most similar other cell (cosine of F)
+    belongs to the same instance, among the cells of its own image and among those of every
+    measured image, and the mean cosine to cells of the same instance, of other instances of
+    the same image and of other images' instances."""
+
+    num_cells: int
+    nn_same_instance_in_image: float
+    nn_same_instance_overall: float
+    cos_same_instance: float
+    cos_other_instance_same_image: float
+    cos_other_image: float
+
+
+@torch.no_grad()
+def feature_identity(
+    encoded: Sequence[EncodedImage],
+    feat_stride: int,
+    mask_out_stride: int,
+    cells_per_instance: int = 16,
+    seed: int = 0,
+    chunk: int = 1024,
+) -> IdentityStats:
+    """Up to ``cells_per_instance`` cells of F per ground-truth instance (those whose centre
+    the instance's mask covers, drawn with a fixed ``seed``); only cells whose instance has
+    another sampled cell count in the nearest-neighbour fractions, and for the fraction in one
+    image only images with two instances or more."""
+    generator = torch.Generator().manual_seed(seed)
+    step = feat_stride // mask_out_stride
+    feats, instances, images = [], [], []
+    num_instances = 0
+    for index, image in enumerate(encoded):
+        f = F.normalize(image.mask_feats[0].float(), dim=0)
+        h, w = f.shape[-2:]
+        cells = image.gt.gt_bitmasks[:, step // 2 :: step, step // 2 :: step][:, :h, :w] > 0
+        for mask in cells:
+            where = torch.nonzero(mask.flatten()).squeeze(1).cpu()
+            if len(where) == 0:
+                continue
+            pick = where[torch.randperm(len(where), generator=generator)[:cells_per_instance]]
+            feats.append(f.flatten(1)[:, pick.to(f.device)].t())
+            instances.append(torch.full((len(pick),), num_instances))
+            images.append(torch.full((len(pick),), index))
+            num_instances += 1
+    if not feats:
+        nan = float("nan")
+        return IdentityStats(0, nan, nan, nan, nan, nan)
+    x = torch.cat(feats)
+    inst = torch.cat(instances).to(x.device)
+    img = torch.cat(images).to(x.device)
+    has_positive = torch.bincount(inst)[inst] > 1
+    image_of_instance = torch.zeros(num_instances, dtype=torch.int64, device=x.device)
+    image_of_instance[inst] = img
+    crowded = (torch.bincount(image_of_instance, minlength=len(encoded)) > 1)[img]
+    in_image_counted = has_positive & crowded
+    sums = {"same": 0.0, "other_inst": 0.0, "other_img": 0.0}
+    counts = dict.fromkeys(sums, 0)
+    hits_in_image = hits_overall = 0
+    for start in range(0, len(x), chunk):
+        rows = torch.arange(start, min(start + chunk, len(x)), device=x.device)
+        sim = x[rows] @ x.t()
+        sim[torch.arange(len(rows)), rows] = float("-inf")
+        same_inst = inst[rows, None] == inst[None, :]
+        same_img = img[rows, None] == img[None, :]
+        nn_overall = same_inst.gather(1, sim.argmax(1, keepdim=True))[:, 0]
+        hits_overall += int(nn_overall[has_positive[rows]].sum())
+        in_image = sim.masked_fill(~same_img, float("-inf"))
+        nn_in_image = same_inst.gather(1, in_image.argmax(1, keepdim=True))[:, 0]
+        hits_in_image += int(nn_in_image[in_image_counted[rows]].sum())
+        finite = torch.isfinite(sim)
+        for name, where in (
+            ("same", same_inst & finite),
+            ("other_inst", same_img & ~same_inst),
+            ("other_img", ~same_img),
+        ):
+            sums[name] += float(sim[where].sum())
+            counts[name] += int(where.sum())
+    return IdentityStats(
+        num_cells=len(x),
+        nn_same_instance_in_image=hits_in_image / max(int(in_image_counted.sum()), 1),
+        nn_same_instance_overall=hits_overall / max(int(has_positive.sum()), 1),
+        cos_same_instance=sums["same"] / max(counts["same"], 1),
+        cos_other_instance_same_image=sums["other_inst"] / max(counts["other_inst"], 1),
+        cos_other_image=sums["other_img"] / max(counts["other_img"], 1),
+    )
 
 
 def coco_mask_ap(
