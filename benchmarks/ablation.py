@@ -188,6 +188,12 @@ VARIANTS = {
     "IUQ (defaults, temperature 3)": DEFAULT_BANK + TEMPERATURE_3,
     "IUQ (defaults, instance contrast)": DEFAULT_BANK + CONTRAST,
     "IUQ (instance contrast only)": DEFAULT_BANK + NO_BANK + CONTRAST,
+    "IUQ (defaults, instance contrast, other images)": DEFAULT_BANK
+    + CONTRAST
+    + ["MODEL.IUQ.CONTRAST.NEGATIVES", "other_images"],
+    "IUQ (defaults, instance contrast, weight 0.01)": DEFAULT_BANK
+    + CONTRAST
+    + ["MODEL.IUQ.CONTRAST.LOSS_WEIGHT", "0.01"],
     "views only (GN, paired)": IUQ_VIEWS + NO_BANK + GROUP_NORM + equi_weights(0.0, 0.0),
     "IUQ (defaults, weight 0.05)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.05"],
     "IUQ (dice form, 1 image)": DEFAULT_BANK + DICE_FORM + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],
