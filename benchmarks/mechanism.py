@@ -186,9 +186,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         "settings": {"num_others": min(args.num_others, len(encoded) - 1), **selection},
         "false_firing": {name: asdict(stats) for name, stats in firing.items()},
         "sharpness": asdict(mask_sharpness(encoded, model.mask_head.mask_out_stride, **selection)),
-        "identity": asdict(
-            feature_identity(encoded, model.mask_branch.out_stride, model.mask_head.mask_out_stride)
-        ),
+        "identity": asdict(feature_identity(encoded, model.mask_branch.out_stride)),
     }
     if not args.no_coco:
         results["coco"] = coco_mask_ap(model, dataset, encoded)

@@ -9,7 +9,8 @@ from detectron2.utils.events import EventStorage
 from torch.nn import functional as F
 
 from iuq_d2.layers.instance_contrast import instance_contrast_loss
-from iuq_d2.modeling.iuq import InstanceContrastCriterion
+from iuq_d2.modeling.iuq import InstanceContrastCriterion, instance_contrast
+from iuq_d2.modeling.iuq.inter_scene import sample_instance_cells
 from iuq_d2.strip_checkpoint import strip_checkpoint
 
 from .conftest import make_input, tiny_config
@@ -123,8 +124,9 @@ def test_an_instance_unique_representation_has_a_low_loss():
     ideal = _criterion()(*_instances_and_feats(True), ids)["loss_contrast"]
     random = _criterion()(*_instances_and_feats(False), ids)["loss_contrast"]
     # With one unit direction per instance every positive has similarity 1 and every negative
-    # 0: the loss is about log(number of positives), far below that of random features.
-    assert ideal.item() < math.log(3 * 4) and ideal.item() < random.item() - 1.0
+    # 0: -log(e^10 / (3 e^10 + 8)) for each of the 12 anchors (3 positives, 8 negatives).
+    assert ideal.item() == pytest.approx(math.log(3 + 8 * math.exp(-10)), rel=1e-5)
+    assert random.item() > ideal.item() + 1.0
 
 
 def test_other_images_scope_ignores_neighbours_in_the_same_image():
@@ -146,6 +148,74 @@ def test_options_are_checked():
         _criterion(pixels_per_instance=1)
     with pytest.raises(ValueError, match="TEMPERATURE"):
         _criterion(temperature=0.0)
+    with pytest.raises(ValueError, match="MAX_ANCHORS"):
+        _criterion(max_anchors=0)
+
+
+def _identity_feats_hand_loss(feats, gt, ids, anchor_rows, prefix=None):
+    """The criterion's loss recomputed by hand (identity projection) from the cells
+    :func:`sample_instance_cells` drew, optionally after other ranks' ``prefix`` keys."""
+    images, rows, cols, instances = sample_instance_cells(gt, feats.shape[-2:], 8, 4)
+    emb = F.normalize(feats[images, :, rows, cols].double(), dim=1)
+    first = torch.tensor([0, len(gt[0])])[images]
+    inst = (ids[images] * 65536 + instances - first).tolist()
+    keys, key_inst, offset = emb, inst, 0
+    if prefix is not None:
+        keys = torch.cat([prefix[0].double(), emb])
+        key_inst = prefix[1].tolist() + inst
+        offset = len(prefix[0])
+    rows_ = anchor_rows.tolist()
+    return _hand_loss(
+        emb[anchor_rows],
+        keys,
+        [inst[r] for r in rows_],
+        key_inst,
+        0.1,
+        self_index=[r + offset for r in rows_],
+    )
+
+
+def test_a_subset_of_anchors_against_every_key():
+    feats, gt = _instances_and_feats(False)
+    ids = torch.tensor([11, 12])
+    torch.manual_seed(3)
+    loss = _criterion(max_anchors=5)(feats, gt, ids)["loss_contrast"]
+    torch.manual_seed(3)  # the same draws: the cells, then the anchors among the 12
+    sample_instance_cells(gt, feats.shape[-2:], 8, 4)
+    anchor_rows = torch.randperm(12)[:5]
+    torch.manual_seed(3)
+    expected = _identity_feats_hand_loss(feats, gt, ids, anchor_rows)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_higher_rank_keeps_its_rows_after_the_lower_ranks(monkeypatch):
+    feats, gt = _instances_and_feats(False)
+    feats.requires_grad_(True)
+    ids = torch.tensor([11, 12])
+    # Rank 0's rows: two cells of another image's instance, and one of image 11's first
+    # instance (the same image sampled on rank 0 too: a positive, not a negative).
+    lower = F.normalize(torch.randn(3, 3, generator=torch.Generator().manual_seed(9)), dim=1)
+    lower_inst = torch.tensor([99 * 65536, 99 * 65536, 11 * 65536])
+    lower_ids = torch.tensor([99, 99, 11])
+
+    def gather(*tensors):
+        return [
+            torch.cat([lower, tensors[0]]),
+            torch.cat([lower_inst, tensors[1]]),
+            torch.cat([lower_ids, tensors[2]]),
+        ], [3, len(tensors[0])]
+
+    monkeypatch.setattr(instance_contrast.comm, "get_rank", lambda: 1)
+    monkeypatch.setattr(instance_contrast, "all_gather_rows", gather)
+    torch.manual_seed(4)
+    loss = _criterion()(feats, gt, ids)["loss_contrast"]
+    torch.manual_seed(4)
+    expected = _identity_feats_hand_loss(
+        feats.detach(), gt, ids, torch.arange(12), prefix=(lower, lower_inst)
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert feats.grad.abs().sum() > 0
 
 
 def _contrast_model():

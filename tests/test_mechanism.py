@@ -194,6 +194,7 @@ def _identity_image(image_id, masks, feats):
     mask features ``feats`` [C, 4, 4]."""
     gt = Instances((32, 32))
     gt.gt_bitmasks = masks
+    gt.gt_bitmasks_full = masks.repeat_interleave(4, 1).repeat_interleave(4, 2).to(torch.uint8)
     return EncodedImage(image_id, feats[None], Instances((32, 32)), gt, (32, 32), (32, 32))
 
 
@@ -212,7 +213,7 @@ def test_feature_identity_by_hand():
     feats_b[:, 0, 0] = torch.tensor([1.0, 0.05])
     feats_b[:, 0, 1] = torch.tensor([0.0, 1.0])
     images = [_identity_image(1, masks_a, feats_a), _identity_image(2, masks_b, feats_b)]
-    stats = feature_identity(images, feat_stride=8, mask_out_stride=4)
+    stats = feature_identity(images, feat_stride=8)
     cos_uv = 0.05 / math.hypot(1.0, 0.05)
     assert stats.num_cells == 18
     assert stats.nn_same_instance_overall == pytest.approx(17 / 18)

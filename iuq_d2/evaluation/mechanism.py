@@ -31,6 +31,7 @@ from ..data.mapper import CondInstDatasetMapper
 from ..layers.inter_scene_tiled import focal_and_grad
 from ..modeling.condinst import CondInst
 from ..modeling.condinst.dynamic_mask_head import DynamicMaskHead
+from ..modeling.iuq.inter_scene import cell_masks
 
 __all__ = [
     "BANK_PREFIXES",
@@ -416,24 +417,22 @@ class IdentityStats:
 def feature_identity(
     encoded: Sequence[EncodedImage],
     feat_stride: int,
-    mask_out_stride: int,
     cells_per_instance: int = 16,
     seed: int = 0,
     chunk: int = 1024,
 ) -> IdentityStats:
     """Up to ``cells_per_instance`` cells of F per ground-truth instance (those whose centre
-    the instance's mask covers, drawn with a fixed ``seed``); only cells whose instance has
+    pixel the instance's full-resolution mask covers, as training samples them, drawn with a
+    fixed ``seed``); only cells whose instance has
     another sampled cell count in the nearest-neighbour fractions, and for the fraction in one
     image only images with two instances or more."""
     generator = torch.Generator().manual_seed(seed)
-    step = feat_stride // mask_out_stride
     feats, instances, images = [], [], []
     num_instances = 0
     for index, image in enumerate(encoded):
         f = F.normalize(image.mask_feats[0].float(), dim=0)
         h, w = f.shape[-2:]
-        cells = image.gt.gt_bitmasks[:, step // 2 :: step, step // 2 :: step][:, :h, :w] > 0
-        for mask in cells:
+        for mask in cell_masks(image.gt.gt_bitmasks_full, (h, w), feat_stride) > 0:
             where = torch.nonzero(mask.flatten()).squeeze(1).cpu()
             if len(where) == 0:
                 continue
@@ -459,7 +458,7 @@ def feature_identity(
     for start in range(0, len(x), chunk):
         rows = torch.arange(start, min(start + chunk, len(x)), device=x.device)
         sim = x[rows] @ x.t()
-        sim[torch.arange(len(rows)), rows] = float("-inf")
+        sim[torch.arange(len(rows), device=x.device), rows] = float("-inf")
         same_inst = inst[rows, None] == inst[None, :]
         same_img = img[rows, None] == img[None, :]
         nn_overall = same_inst.gather(1, sim.argmax(1, keepdim=True))[:, 0]

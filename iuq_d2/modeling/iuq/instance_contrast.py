@@ -24,8 +24,9 @@ from ...utils.comm import all_gather_rows
 from .inter_scene import sample_instance_cells
 
 NEGATIVE_SCOPES = ("all", "other_images")
-# Instance ids are made unique across ranks by this offset per rank.
-_RANK_STRIDE = 1 << 32
+# An instance is named image_id * _PER_IMAGE + its index among its image's instances, so that
+# the same image twice in a global batch (a repeat-factor sampler) is not its own negative.
+_PER_IMAGE = 1 << 16
 
 
 def build_projection(in_channels: int, dims: Sequence[int]) -> nn.Module:
@@ -73,6 +74,10 @@ class InstanceContrastCriterion(nn.Module):
             )
         if temperature <= 0:
             raise ValueError(f"MODEL.IUQ.CONTRAST.TEMPERATURE must be > 0, got {temperature}")
+        if max_anchors == 0 or max_anchors < -1:
+            raise ValueError(
+                f"MODEL.IUQ.CONTRAST.MAX_ANCHORS must be positive or -1 (all), got {max_anchors}"
+            )
         self.projection = build_projection(in_channels, projection_dims)
         self.feat_stride = feat_stride
         self.weight = weight
@@ -101,10 +106,15 @@ class InstanceContrastCriterion(nn.Module):
         images, rows, cols, instances = sample_instance_cells(
             gt_instances, mask_feats.shape[-2:], self.feat_stride, self.pixels_per_instance
         )
-        feats = mask_feats[images, :, rows, cols].float()
-        embeddings = F.normalize(self.projection(feats), dim=1)
-        instances = instances + comm.get_rank() * _RANK_STRIDE
+        first_of_image = torch.tensor(
+            [0] + [len(x) for x in gt_instances[:-1]], device=instances.device
+        ).cumsum(0)
         local_image_ids = image_ids[images]
+        instances = local_image_ids * _PER_IMAGE + instances - first_of_image[images]
+        # In float32 under autocast too: similarities / temperature feed exp.
+        with torch.autocast(mask_feats.device.type, enabled=False):
+            feats = mask_feats[images, :, rows, cols].float()
+            embeddings = F.normalize(self.projection(feats), dim=1)
         (keys, key_instances, key_image_ids), counts = all_gather_rows(
             embeddings.detach(), instances, local_image_ids
         )
@@ -113,7 +123,7 @@ class InstanceContrastCriterion(nn.Module):
         keys = torch.cat([keys[:start], embeddings, keys[start + len(embeddings) :]])
 
         anchor_rows = torch.arange(len(embeddings), device=embeddings.device)
-        if 0 <= self.max_anchors < len(embeddings):
+        if 0 < self.max_anchors < len(embeddings):
             keep = torch.randperm(len(embeddings), device="cpu")[: self.max_anchors]
             anchor_rows = keep.to(embeddings.device)
         key_mask = None
