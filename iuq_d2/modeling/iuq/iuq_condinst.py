@@ -92,6 +92,7 @@ class IUQCondInst(CondInst):
         outputs = self.forward_train(images, gt_instances)
         losses = outputs.losses
         iteration = get_event_storage().iter
+        image_ids = image_ids_of(inputs, self.device)
         if self.equivariance is not None:
             losses.update(
                 self.equivariance(outputs, images, gt_instances, batched_inputs, self.mask_loss)
@@ -102,7 +103,7 @@ class IUQCondInst(CondInst):
                     outputs.mask_feats,
                     outputs.queries,
                     gt_instances,
-                    image_ids_of(inputs, self.device),
+                    image_ids,
                     iteration,
                     outputs.mask_dice,
                     losses.get("loss_mask"),
@@ -112,11 +113,7 @@ class IUQCondInst(CondInst):
             # The originals only: a view's instances are its original's, not other instances.
             num = len(batched_inputs)
             losses.update(
-                self.contrast(
-                    outputs.mask_feats[:num],
-                    gt_instances[:num],
-                    image_ids_of(batched_inputs, self.device),
-                )
+                self.contrast(outputs.mask_feats[:num], gt_instances[:num], image_ids[:num])
             )
         if self.gradient_log_period > 0 and iteration % self.gradient_log_period == 0:
             log_gradient_balance(losses, outputs.queries.mask_head_params, outputs.mask_feats)
