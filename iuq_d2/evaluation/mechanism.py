@@ -423,24 +423,25 @@ def feature_identity(
 ) -> IdentityStats:
     """Up to ``cells_per_instance`` cells of F per ground-truth instance (those whose centre
     pixel the instance's full-resolution mask covers, as training samples them, drawn with a
-    fixed ``seed``); only cells whose instance has
-    another sampled cell count in the nearest-neighbour fractions, and for the fraction in one
-    image only images with two instances or more."""
+    fixed ``seed``); only cells whose instance has another sampled cell count in the
+    nearest-neighbour fractions, and for the fraction in one image only images with two
+    instances or more."""
     generator = torch.Generator().manual_seed(seed)
     feats, instances, images = [], [], []
-    num_instances = 0
+    instances_in_image = []
     for index, image in enumerate(encoded):
         f = F.normalize(image.mask_feats[0].float(), dim=0)
         h, w = f.shape[-2:]
+        num_before = len(instances)
         for mask in cell_masks(image.gt.gt_bitmasks_full, (h, w), feat_stride) > 0:
             where = torch.nonzero(mask.flatten()).squeeze(1).cpu()
             if len(where) == 0:
                 continue
             pick = where[torch.randperm(len(where), generator=generator)[:cells_per_instance]]
             feats.append(f.flatten(1)[:, pick.to(f.device)].t())
-            instances.append(torch.full((len(pick),), num_instances))
+            instances.append(torch.full((len(pick),), len(instances)))
             images.append(torch.full((len(pick),), index))
-            num_instances += 1
+        instances_in_image.append(len(instances) - num_before)
     if not feats:
         nan = float("nan")
         return IdentityStats(0, nan, nan, nan, nan, nan)
@@ -448,9 +449,7 @@ def feature_identity(
     inst = torch.cat(instances).to(x.device)
     img = torch.cat(images).to(x.device)
     has_positive = torch.bincount(inst)[inst] > 1
-    image_of_instance = torch.zeros(num_instances, dtype=torch.int64, device=x.device)
-    image_of_instance[inst] = img
-    crowded = (torch.bincount(image_of_instance, minlength=len(encoded)) > 1)[img]
+    crowded = (torch.tensor(instances_in_image, device=x.device) > 1)[img]
     in_image_counted = has_positive & crowded
     sums = {"same": 0.0, "other_inst": 0.0, "other_img": 0.0}
     counts = dict.fromkeys(sums, 0)
