@@ -194,6 +194,10 @@ VARIANTS = {
     "IUQ (defaults, instance contrast, weight 0.01)": DEFAULT_BANK
     + CONTRAST
     + ["MODEL.IUQ.CONTRAST.LOSS_WEIGHT", "0.01"],
+    "IUQ (defaults, own-image negatives 1)": DEFAULT_BANK
+    + ["MODEL.IUQ.INTER.OWN_IMAGE_WEIGHT", "1.0"],
+    "IUQ (defaults, own-image negatives 4)": DEFAULT_BANK
+    + ["MODEL.IUQ.INTER.OWN_IMAGE_WEIGHT", "4.0"],
     "views only (GN, paired)": IUQ_VIEWS + NO_BANK + GROUP_NORM + equi_weights(0.0, 0.0),
     "IUQ (defaults, weight 0.05)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.05"],
     "IUQ (dice form, 1 image)": DEFAULT_BANK + DICE_FORM + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],

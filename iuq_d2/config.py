@@ -331,6 +331,13 @@ def add_iuq_config(cfg: CN) -> None:
     # The probability from which LOSS_FORM "confident" penalises a pair (the released code: 0.8,
     # on sigmoid(logit / 3): set MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE 3 for that).
     _C.MODEL.IUQ.INTER.CONFIDENT_THRESHOLD = 0.8
+    # Weight of loss_intra (ours; 0 leaves it out): the focal loss (FOCAL_ALPHA/GAMMA, target 0)
+    # of the evaluated queries on the sampled cells of the *other instances of their own image*,
+    # at their own positions (this process's entries of the step, at most MAX_BATCH_ENTRIES).
+    # The paper's loss skips the own image; there, unlike in another image, every such pair is
+    # one the mask loss agrees with, and a mask spilling onto its neighbours is the largest mask
+    # error uniqueness can remove on crowded images (benchmarks/mask_oracle.py).
+    _C.MODEL.IUQ.INTER.OWN_IMAGE_WEIGHT = 0.0
 
     # Instance-unique representations (ours): a supervised contrastive loss on the mask features
     # F at sampled instance cells of the global batch, so that F carries an instance's identity

@@ -542,6 +542,20 @@ def _queries_on_instances(model, gt_inds, locations, im_inds):
     return queries
 
 
+def _dense_logits(model, feats, queries):
+    """[Q, H, W] logits of each query's dynamic head on its own image's stride-8 features."""
+    soi = model.mask_head.sizes_of_interest.float()[queries.fpn_levels]
+    return reference_dense_mask_logits(
+        feats,
+        queries.mask_head_params,
+        queries.im_inds,
+        queries.locations,
+        soi,
+        8,
+        model.mask_head.layer_shapes,
+    )[:, 0]
+
+
 def test_own_logit_is_the_dense_head_mean_over_the_sampled_own_cells():
     torch.manual_seed(0)
     model = build_model(iuq_config(**{"MODEL.IUQ.INTER.REFERENCE": "own"}))
@@ -552,16 +566,7 @@ def test_own_logit_is_the_dense_head_mean_over_the_sampled_own_cells():
     queries = _queries_on_instances(model, [1, 2, 0], [[80, 60], [20, 20], [30, 40]], [0, 1, 0])
     own, has_own = criterion.own_logits(queries, local, instances, 3)
     assert has_own.all()
-    soi = model.mask_head.sizes_of_interest.float()[queries.fpn_levels]
-    dense = reference_dense_mask_logits(
-        feats,
-        queries.mask_head_params,
-        queries.im_inds,
-        queries.locations,
-        soi,
-        8,
-        model.mask_head.layer_shapes,
-    )[:, 0]
+    dense = _dense_logits(model, feats, queries)
     cells = ((local.positions - 4) / 8).long()
     for q, g in enumerate(queries.gt_inds.tolist()):
         mine = instances == g
@@ -855,3 +860,44 @@ def test_dice_form_trains_and_is_checked_at_build_time():
         build_model(iuq_config(**{"MODEL.IUQ.INTER.LOSS_FORM": "l1"}))
     with pytest.raises(ValueError, match="LOSS_FORM 'dice' takes the default REFERENCE"):
         _dice_form_model(**{"MODEL.IUQ.INTER.REFERENCE": "own"})
+
+
+def _focal_to_zero(logits, alpha=0.25, gamma=2.0):
+    # -log(1 - p) = softplus(logit), finite where p rounds to 1.
+    return (1 - alpha) * logits.sigmoid() ** gamma * torch.nn.functional.softplus(logits)
+
+
+def test_own_image_loss_scores_the_other_instances_of_the_query_image_by_hand():
+    torch.manual_seed(0)
+    model = build_model(iuq_config(**{"MODEL.IUQ.INTER.OWN_IMAGE_WEIGHT": 1.0}))
+    images, gt = _prepared(model, _two_image_batch())
+    feats = torch.randn(2, model.mask_branch.out_channels, 14, 16)
+    criterion = model.inter_scene
+    local, instances = criterion.collect(feats, gt, torch.tensor([0, 1]))
+    # Image 0 holds instances 0 and 1, image 1 instance 2 (alone: its query has no pair).
+    queries = _queries_on_instances(model, [1, 2, 0], [[80, 60], [20, 20], [30, 40]], [0, 1, 0])
+    with EventStorage():
+        loss = criterion.own_image_loss(queries, local, instances, gt)
+    dense = _dense_logits(model, feats, queries)
+    cells = ((local.positions - 4) / 8).long()
+    terms = []
+    for q, neighbour in ((0, 0), (2, 1)):
+        mine = instances == neighbour
+        terms.append(_focal_to_zero(dense[q, cells[mine, 1], cells[mine, 0]]))
+    torch.testing.assert_close(loss, torch.cat(terms).mean())
+    loss.backward()
+    assert queries.mask_head_params.grad[1].abs().sum() == 0  # alone in its image
+
+
+def test_own_image_loss_is_logged_only_when_weighted():
+    torch.manual_seed(0)
+    for weight, expected in ((0.0, False), (0.5, True)):
+        model = build_model(iuq_config(**{"MODEL.IUQ.INTER.OWN_IMAGE_WEIGHT": weight}))
+        with EventStorage() as storage:
+            losses = model(_two_image_batch())
+            assert ("loss_intra" in losses) == expected
+            assert ("iuq/intra_pairs" in storage.latest()) == expected
+        if expected:
+            assert torch.isfinite(losses["loss_intra"])
+    with pytest.raises(ValueError, match="OWN_IMAGE_WEIGHT"):
+        build_model(iuq_config(**{"MODEL.IUQ.INTER.OWN_IMAGE_WEIGHT": -1.0}))

@@ -1,5 +1,13 @@
 """Evaluations beyond COCO AP: what the IUQ mechanism does to the model (see ``mechanism``)."""
 
+from .mask_oracle import (
+    ORACLES,
+    SpillStats,
+    ground_truth_masks,
+    oracle_aps,
+    oracle_masks,
+    own_instances,
+)
 from .mechanism import (
     BANK_PREFIXES,
     EncodedImage,
@@ -24,16 +32,22 @@ __all__ = [
     "EncodedImage",
     "FiringStats",
     "IdentityStats",
+    "ORACLES",
     "SharpnessStats",
+    "SpillStats",
     "bank_ages",
     "bank_feature_drift",
     "coco_mask_ap",
     "confident",
     "encode_image",
     "false_firing",
+    "ground_truth_masks",
     "feature_identity",
     "map_for_evaluation",
     "mask_sharpness",
+    "oracle_aps",
+    "oracle_masks",
+    "own_instances",
     "read_bank",
     "sample_bank_entries",
 ]

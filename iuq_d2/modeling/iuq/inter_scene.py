@@ -152,6 +152,7 @@ class InterSceneCriterion(nn.Module):
         min_own_dice: float = 0.0,
         mask_out_stride: int = 4,
         confident_threshold: float = 0.8,
+        own_image_weight: float = 0.0,
     ):
         super().__init__()
         self.bank = bank
@@ -183,6 +184,7 @@ class InterSceneCriterion(nn.Module):
         self._conflict_frac: Optional[Tensor] = None
         self.min_own_dice = min_own_dice
         self.mask_out_stride = mask_out_stride
+        self.own_image_weight = own_image_weight
 
     @classmethod
     def from_config(cls, cfg, mask_head: DynamicMaskHead, feat_channels: int, feat_stride: int):
@@ -253,7 +255,7 @@ class InterSceneCriterion(nn.Module):
                 "MODEL.IUQ.INTER.CONFIDENT_THRESHOLD must be in (0, 1), "
                 f"got {inter.CONFIDENT_THRESHOLD}"
             )
-        for key in ("PIXELS_PER_INSTANCE", "NUM_NEGATIVES"):
+        for key in ("PIXELS_PER_INSTANCE", "NUM_NEGATIVES", "OWN_IMAGE_WEIGHT"):
             if inter[key] < 0:
                 raise ValueError(f"MODEL.IUQ.INTER.{key} must be >= 0, got {inter[key]}")
         return {
@@ -285,6 +287,7 @@ class InterSceneCriterion(nn.Module):
             "min_own_dice": inter.MIN_OWN_DICE,
             "mask_out_stride": mask_head.mask_out_stride,
             "confident_threshold": inter.CONFIDENT_THRESHOLD,
+            "own_image_weight": inter.OWN_IMAGE_WEIGHT,
         }
 
     def warmup_factor(self, iteration: int) -> float:
@@ -507,6 +510,11 @@ class InterSceneCriterion(nn.Module):
                 threshold=self.confident_threshold,
             )
             loss = loss * scale
+        losses = {"loss_inter": loss}
+        if self.own_image_weight > 0:
+            losses["loss_intra"] = self.own_image_weight * self.own_image_loss(
+                queries, local, instances, gt_instances
+            )
         self.bank.enqueue(current, iteration)
 
         storage = get_event_storage()
@@ -520,7 +528,48 @@ class InterSceneCriterion(nn.Module):
         if len(ages) > 0:
             storage.put_scalar("iuq/bank_age_mean", ages.float().mean().item())
             storage.put_scalar("iuq/bank_age_max", ages.max().item())
-        return {"loss_inter": loss}
+        return losses
+
+    def own_image_loss(
+        self,
+        queries: Instances,
+        local: BankEntries,
+        instances: Tensor,
+        gt_instances: List[Instances],
+    ) -> Tensor:
+        """Focal loss of ``queries`` on ``local``'s cells of the other instances of their own
+        image, at the cells' own positions: the logits the dense mask head gives there."""
+        counts = torch.tensor([len(x) for x in gt_instances], device=instances.device)
+        images = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+        entry_images = images[instances]
+        if 0 <= self.max_batch_entries < len(local):
+            keep = torch.randperm(len(local), device="cpu")[: self.max_batch_entries]
+            keep = keep.to(instances.device)
+            local, instances, entry_images = local[keep], instances[keep], entry_images[keep]
+        pair_mask = (entry_images[None, :] == queries.im_inds[:, None]) & (
+            instances[None, :] != queries.gt_inds[:, None]
+        )
+        # Every pair here is of one image: the image test of the loss is passed with ids that
+        # never match, and the pair mask alone picks the pairs.
+        loss, stats = inter_scene_focal_loss(
+            queries.mask_head_params,
+            queries.locations,
+            self.query_soi(queries),
+            torch.zeros_like(queries.gt_inds),
+            local.feats,
+            local.positions,
+            torch.ones_like(instances),
+            self.layer_shapes,
+            use_rel_coords=self.use_rel_coords,
+            alpha=self.alpha,
+            gamma=self.gamma,
+            impl=self.impl,
+            pair_mask=pair_mask,
+        )
+        storage = get_event_storage()
+        storage.put_scalar("iuq/intra_frac_firing", stats.frac_firing.item())
+        storage.put_scalar("iuq/intra_pairs", stats.num_pairs.item())
+        return loss
 
     def fits_own_mask(
         self, mask_dice: Optional[Tuple[Tensor, Tensor]], query_index: Tensor

@@ -124,6 +124,7 @@ class IUQCondInst(CondInst):
 _BALANCED_LOSSES = (
     "loss_mask",
     "loss_inter",
+    "loss_intra",
     "loss_equi_query",
     "loss_equi_feat",
     "loss_contrast",
