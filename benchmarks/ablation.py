@@ -305,6 +305,36 @@ def final_metrics(output_dir: str):
     return lines[-1] if lines and "segm/AP" in lines[-1] else None
 
 
+# Environment variables that pick the CPU code paths of MKL, oneDNN and ATen.
+NUMERIC_ENV = ("OMP_NUM_THREADS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def numeric_environment() -> dict:
+    """What a CPU run's trajectory depends on besides the code, the config and the seed. Runs
+    repeat to the bit only where all of it matches: the same code and seed with MKL's code path
+    pinned differently diverge within 20 iterations, and seed 1 trained on two machines ended
+    0.2 (shapes) and 0.5 (cells) mask AP apart (README, "Reproducibility")."""
+    import cv2
+    import numpy
+    import PIL
+    import torch
+
+    cpu = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else ""
+    return {
+        "cpu": cpu,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "opencv": cv2.__version__,
+        "pillow": PIL.__version__,
+        "env": {k: os.environ[k] for k in NUMERIC_ENV if k in os.environ},
+    }
+
+
 def dataset_opts(dataset: str):
     train, val, num_classes = DATASETS[dataset]
     return [
@@ -434,6 +464,9 @@ def main() -> None:
                     "opts": args.opts,
                     "eval_opts": eval_opts,
                     "seeds": args.seeds,
+                    # Of this process; runs read from disk may have been trained elsewhere,
+                    # and run() gives each training OMP_NUM_THREADS=1 unless it is set.
+                    "environment": numeric_environment(),
                     "summary": summary,
                     "runs": rows,
                 },
