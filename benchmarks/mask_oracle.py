@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import List, Optional
 
 import numpy as np
@@ -30,6 +30,7 @@ from iuq_d2.evaluation import (
     map_for_evaluation,
     oracle_aps,
 )
+from iuq_d2.evaluation.mask_oracle import FAR_PIXELS, SpillStats
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -69,7 +70,7 @@ def summarize(runs: List[dict]) -> dict:
             gains = values - np.array([r["ap"]["model"][key] for r in runs])
             summary[f"{oracle}/{key}"] = {"mean": values.mean(), "std": values.std()}
             summary[f"{oracle}/{key}_gain"] = {"mean": gains.mean(), "std": gains.std()}
-    for key in ("frac_on_own", "frac_on_neighbours", "frac_on_background"):
+    for key in (f.name for f in fields(SpillStats) if f.name.startswith("frac_")):
         values = np.array([r["spill"][key] for r in runs])
         summary[f"spill/{key}"] = {"mean": values.mean(), "std": values.std()}
     return {k: {s: float(v) for s, v in d.items()} for k, d in summary.items()}
@@ -97,7 +98,8 @@ def print_table(results: dict) -> None:
     print(
         "Predicted foreground of detections with an own instance: on it "
         f"{s['spill/frac_on_own']['mean']:.3f}, on neighbours "
-        f"{s['spill/frac_on_neighbours']['mean']:.3f}, on background "
+        f"{s['spill/frac_on_neighbours']['mean']:.3f} (farther than {FAR_PIXELS} px from it "
+        f"{s['spill/frac_on_neighbours_far']['mean']:.3f}), on background "
         f"{s['spill/frac_on_background']['mean']:.3f}"
     )
 

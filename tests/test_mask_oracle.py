@@ -53,6 +53,16 @@ def test_spill_shares_by_hand(scene):
     assert stats.frac_on_own == pytest.approx(16 / 25)
     assert stats.frac_on_neighbours == pytest.approx(4 / 25)
     assert stats.frac_on_background == pytest.approx(5 / 25)
+    assert stats.frac_on_neighbours_far == 0.0  # the spill is 1 pixel deep
+
+
+def test_spill_far_from_the_own_instance_is_counted_apart():
+    gt = torch.stack([_box(8, 16, 0, 0, 4, 8), _box(8, 16, 4, 0, 16, 8)])
+    tally = _SpillTally()
+    tally.add(_box(8, 16, 0, 0, 10, 8)[None], gt)  # 32 own; 48 on the neighbour, 16 within 3
+    stats = tally.stats()
+    assert stats.frac_on_neighbours == pytest.approx(48 / 80)
+    assert stats.frac_on_neighbours_far == pytest.approx(24 / 80)
 
 
 def test_ground_truth_masks_at_the_image_size_without_crowds():
