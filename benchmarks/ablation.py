@@ -310,22 +310,27 @@ NUMERIC_ENV = ("OMP_NUM_THREADS", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CA
 
 
 def numeric_environment() -> dict:
-    """What a CPU run's trajectory depends on besides the code, the config and the seed. Runs
-    repeat to the bit only where all of it matches: the same code and seed with MKL's code path
-    pinned differently diverge within 20 iterations, and seed 1 trained on two machines ended
-    0.2 (shapes) and 0.5 (cells) mask AP apart (README, "Reproducibility")."""
+    """What a CPU run's numbers may depend on besides the code, the config and the seed: the
+    CPU and its vector extensions, the library versions, and the pins of MKL's, oneDNN's and
+    ATen's code paths. The same code and seed with MKL's path pinned differently diverge
+    within 20 iterations, and CondInst's seeds 1-3 trained on two machines ended up to 0.6 mask
+    AP apart (README, "Reproducibility"); the data does not change with these library
+    versions."""
     import cv2
     import numpy
     import PIL
     import torch
 
-    cpu = ""
+    cpu, extensions = "", []
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else ""
+            info = [line.split(":", 1) for line in f if ":" in line]
+        cpu = next((v.strip() for k, v in info if k.strip() == "model name"), "")
+        flags = next((v.split() for k, v in info if k.strip() == "flags"), [])
+        extensions = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
     return {
         "cpu": cpu,
+        "cpu_extensions": extensions,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,

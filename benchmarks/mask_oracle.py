@@ -51,14 +51,21 @@ def measure(cfg, weights: str, dataset: str, num_images: int) -> dict:
     mapper = CondInstDatasetMapper(cfg, is_train=False)
     dicts = DatasetCatalog.get(dataset)
     dicts = dicts[:num_images] if num_images else dicts
-    encoded = [encode_image(model, map_for_evaluation(mapper, d)) for d in dicts]
-    result = oracle_aps(model, dataset, encoded, [ground_truth_masks(d) for d in dicts])
+    images = (
+        (encode_image(model, map_for_evaluation(mapper, d)), ground_truth_masks(d)) for d in dicts
+    )
+    result = oracle_aps(model, dataset, images)
     return {
         "weights": weights,
-        "num_images": len(encoded),
+        "num_images": result["num_images"],
         "spill": asdict(result["spill"]),
         "ap": result["ap"],
     }
+
+
+def _std(values: np.ndarray) -> float:
+    """Sample standard deviation, as ``ablation.py`` reports it (0 for one checkpoint)."""
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
 def summarize(runs: List[dict]) -> dict:
@@ -68,11 +75,11 @@ def summarize(runs: List[dict]) -> dict:
         for key in ("AP", "AP50", "AP75"):
             values = np.array([r["ap"][oracle][key] for r in runs])
             gains = values - np.array([r["ap"]["model"][key] for r in runs])
-            summary[f"{oracle}/{key}"] = {"mean": values.mean(), "std": values.std()}
-            summary[f"{oracle}/{key}_gain"] = {"mean": gains.mean(), "std": gains.std()}
+            summary[f"{oracle}/{key}"] = {"mean": values.mean(), "std": _std(values)}
+            summary[f"{oracle}/{key}_gain"] = {"mean": gains.mean(), "std": _std(gains)}
     for key in (f.name for f in fields(SpillStats) if f.name.startswith("frac_")):
         values = np.array([r["spill"][key] for r in runs])
-        summary[f"spill/{key}"] = {"mean": values.mean(), "std": values.std()}
+        summary[f"spill/{key}"] = {"mean": values.mean(), "std": _std(values)}
     return {k: {s: float(v) for s, v in d.items()} for k, d in summary.items()}
 
 

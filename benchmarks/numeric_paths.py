@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation import CONFIG, REPO, dataset_opts, numeric_environment  # noqa: E402
+from ablation import CONFIG, NUMERIC_ENV, REPO, dataset_opts, numeric_environment  # noqa: E402
 
 SETTINGS = {
     "unpinned": {},
@@ -48,7 +48,9 @@ def train(env: dict, output_dir: str) -> float:
         *("TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "100000"),
         *("OUTPUT_DIR", output_dir),
     ]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    # Pins of the caller's environment are dropped, so that "unpinned" is unpinned.
+    inherited = {k: v for k, v in os.environ.items() if k not in NUMERIC_ENV}
+    full_env = {**inherited, "OMP_NUM_THREADS": "1", **env}
     subprocess.run(
         cmd, env=full_env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )

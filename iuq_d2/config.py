@@ -334,10 +334,13 @@ def add_iuq_config(cfg: CN) -> None:
     # Weight of loss_intra (ours; 0 leaves it out): the focal loss (FOCAL_ALPHA/GAMMA, target 0)
     # of the evaluated queries on the sampled cells of the *other instances of their own image*,
     # at their own positions (this process's entries of the step, at most MAX_BATCH_ENTRIES).
-    # The paper's loss skips the own image; there, unlike in another image, every such pair is
-    # one the mask loss agrees with, and a mask spilling onto its neighbours is the largest mask
-    # error uniqueness can remove on crowded images (benchmarks/mask_oracle.py). Measured (seed
-    # 1, docs/method.md): level with CondInst on cells at 1, -3.1 mask AP at 4, -9.7 on shapes.
+    # The paper's loss skips the own image; there, unlike in another image, almost every such
+    # pair is one the mask loss agrees with (a tiny instance's fallback cell may lie on the
+    # query's own), and a mask spilling onto its neighbours is the largest mask error
+    # uniqueness can remove on crowded images (benchmarks/mask_oracle.py). Needs ENABLED; not
+    # warmed up, and blind to QUERY_GRAD, DETACH_OUTPUT_BIAS and REFERENCE. Measured with the
+    # default bank (seed 1, docs/method.md): level with CondInst on cells at 1, -3.1 mask AP at
+    # 4, -9.6 on shapes at 1.
     _C.MODEL.IUQ.INTER.OWN_IMAGE_WEIGHT = 0.0
 
     # Instance-unique representations (ours): a supervised contrastive loss on the mask features

@@ -873,7 +873,7 @@ def test_own_image_loss_scores_the_other_instances_of_the_query_image_by_hand():
     images, gt = _prepared(model, _two_image_batch())
     feats = torch.randn(2, model.mask_branch.out_channels, 14, 16)
     criterion = model.inter_scene
-    local, instances = criterion.collect(feats, gt, torch.tensor([0, 1]))
+    local, instances = criterion.collect(feats, gt, torch.tensor([7, 3]))
     # Image 0 holds instances 0 and 1, image 1 instance 2 (alone: its query has no pair).
     queries = _queries_on_instances(model, [1, 2, 0], [[80, 60], [20, 20], [30, 40]], [0, 1, 0])
     with EventStorage():

@@ -19,7 +19,7 @@ detection that overlaps none is left as predicted under every oracle.
 """
 
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Iterable, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -116,14 +116,18 @@ class _SpillTally:
         size = 2 * FAR_PIXELS + 1
         near = F.max_pool2d(own_gt[:, None].float(), size, stride=1, padding=FAR_PIXELS)[:, 0] > 0
         on_neighbours = masks & ~own_gt & on_any
-        self.counts += torch.stack(
-            [
-                (masks & own_gt).sum(),
-                on_neighbours.sum(),
-                (masks & ~on_any).sum(),
-                (on_neighbours & ~near).sum(),
-            ]
-        ).double()
+        self.counts += (
+            torch.stack(
+                [
+                    (masks & own_gt).sum(),
+                    on_neighbours.sum(),
+                    (masks & ~on_any).sum(),
+                    (on_neighbours & ~near).sum(),
+                ]
+            )
+            .double()
+            .cpu()
+        )
         self.num += int(keep.sum())
 
     def stats(self) -> SpillStats:
@@ -135,31 +139,33 @@ class _SpillTally:
 def oracle_aps(
     model: torch.nn.Module,
     dataset_name: str,
-    encoded: Sequence[EncodedImage],
-    gt_masks: Sequence[Tensor],
+    images: Iterable[Tuple[EncodedImage, Tensor]],
 ) -> Dict[str, object]:
-    """COCO mask AP, AP50 and AP75 of every detection of ``encoded`` under each oracle, and the
-    :class:`SpillStats` of the predicted masks. ``gt_masks[i]``: the boolean [G, H, W] masks of
-    image i's non-crowd annotations at its ``output_size``."""
+    """COCO mask AP, AP50 and AP75 of every detection of the encoded images under each oracle,
+    and the :class:`SpillStats` of the predicted masks. ``images`` yields each encoded image
+    with the boolean [G, H, W] masks of its non-crowd annotations at its ``output_size``; it is
+    consumed once, so a generator keeps one image in memory at a time."""
     evaluators = {
         o: COCOEvaluator(dataset_name, tasks=("segm",), distributed=False) for o in ORACLES
     }
     for evaluator in evaluators.values():
         evaluator.reset()
     spill = _SpillTally()
-    for image, gt in zip(encoded, gt_masks):
+    image_ids = []
+    for image, gt in images:
         det = image.detections
         predicted = model.postprocess(
             det, det.pred_global_masks, image.padded_size, *image.output_size
         )
+        gt = gt.to(predicted.pred_masks.device)
         spill.add(predicted.pred_masks, gt)
         for oracle, evaluator in evaluators.items():
             corrected = Instances(predicted.image_size, **predicted.get_fields())
             corrected.pred_masks = oracle_masks(predicted.pred_masks, gt, oracle)
             evaluator.process([{"image_id": image.image_id}], [{"instances": corrected}])
-    image_ids = [image.image_id for image in encoded]
+        image_ids.append(image.image_id)
     aps = {}
     for oracle, evaluator in evaluators.items():
         segm = evaluator.evaluate(img_ids=image_ids)["segm"]
         aps[oracle] = {key: segm[key] for key in ("AP", "AP50", "AP75")}
-    return {"ap": aps, "spill": spill.stats()}
+    return {"ap": aps, "spill": spill.stats(), "num_images": len(image_ids)}
