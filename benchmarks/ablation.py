@@ -365,9 +365,10 @@ def reevaluated_metrics(output_dir: str):
     return {f"{task}/{k}": v for task, metrics in results.items() for k, v in metrics.items()}
 
 
-def run(variant: str, seed: int, root: str, dataset: str, opts, eval_opts) -> dict:
-    output_dir = os.path.join(root, dataset, f"{slugify(variant)}_seed{seed}")
-    cmd = [
+def train_command(variant: str, dataset: str, seed: int, opts) -> list:
+    """The train_net.py command line of ``variant`` on ``dataset`` with ``seed``, in-process
+    data loading, and the config overrides ``opts`` last."""
+    return [
         sys.executable,
         os.path.join(REPO, "train_net.py"),
         "--config-file",
@@ -380,6 +381,11 @@ def run(variant: str, seed: int, root: str, dataset: str, opts, eval_opts) -> di
         "0",
         *opts,
     ]
+
+
+def run(variant: str, seed: int, root: str, dataset: str, opts, eval_opts) -> dict:
+    output_dir = os.path.join(root, dataset, f"{slugify(variant)}_seed{seed}")
+    cmd = train_command(variant, dataset, seed, opts)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     if final_metrics(output_dir) is None:
         os.makedirs(os.path.dirname(output_dir), exist_ok=True)

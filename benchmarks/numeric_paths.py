@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation import CONFIG, NUMERIC_ENV, REPO, dataset_opts, numeric_environment  # noqa: E402
+from ablation import NUMERIC_ENV, numeric_environment, train_command  # noqa: E402
 
 SETTINGS = {
     "unpinned": {},
@@ -36,18 +36,8 @@ def total_loss_at_last_log(output_dir: str) -> float:
 
 
 def train(env: dict, output_dir: str) -> float:
-    cmd = [
-        sys.executable,
-        os.path.join(REPO, "train_net.py"),
-        "--config-file",
-        CONFIG,
-        "MODEL.META_ARCHITECTURE",
-        "CondInst",
-        *dataset_opts("cells"),
-        *("SEED", "1", "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_ITER", "20"),
-        *("TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "100000"),
-        *("OUTPUT_DIR", output_dir),
-    ]
+    opts = ["SOLVER.MAX_ITER", "20", "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "100000"]
+    cmd = train_command("CondInst", "cells", 1, [*opts, "OUTPUT_DIR", output_dir])
     # Pins of the caller's environment are dropped, so that "unpinned" is unpinned.
     inherited = {k: v for k, v in os.environ.items() if k not in NUMERIC_ENV}
     full_env = {**inherited, "OMP_NUM_THREADS": "1", **env}

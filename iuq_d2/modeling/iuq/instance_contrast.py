@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from ...layers.instance_contrast import instance_contrast_loss
 from ...utils.comm import all_gather_rows
-from .inter_scene import sample_instance_cells
+from .inter_scene import random_subset, sample_instance_cells
 
 NEGATIVE_SCOPES = ("all", "other_images")
 # An instance is named image_id * _PER_IMAGE + its index among its image's instances, so that
@@ -122,10 +122,9 @@ class InstanceContrastCriterion(nn.Module):
         start = sum(counts[: comm.get_rank()])
         keys = torch.cat([keys[:start], embeddings, keys[start + len(embeddings) :]])
 
-        anchor_rows = torch.arange(len(embeddings), device=embeddings.device)
-        if 0 < self.max_anchors < len(embeddings):
-            keep = torch.randperm(len(embeddings), device="cpu")[: self.max_anchors]
-            anchor_rows = keep.to(embeddings.device)
+        anchor_rows = random_subset(len(embeddings), self.max_anchors, embeddings.device)
+        if anchor_rows is None:
+            anchor_rows = torch.arange(len(embeddings), device=embeddings.device)
         key_mask = None
         if self.negatives == "other_images":
             key_mask = local_image_ids[anchor_rows, None] != key_image_ids[None, :]

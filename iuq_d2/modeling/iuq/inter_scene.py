@@ -56,6 +56,15 @@ def cell_masks(bitmasks_full: Tensor, feat_shape: Tuple[int, int], stride: int) 
 
 
 @torch.no_grad()
+def random_subset(num: int, cap: int, device: torch.device) -> Optional[Tensor]:
+    """Indices of ``cap`` of ``num`` rows drawn at random (on the CPU generator, so that a run
+    draws the same on any device), or None when ``cap`` is negative (no cap) or not below
+    ``num``."""
+    if not 0 <= cap < num:
+        return None
+    return torch.randperm(num, device="cpu")[:cap].to(device)
+
+
 def sample_instance_cells(
     gt_instances: List[Instances], feat_shape: Tuple[int, int], stride: int, k: int
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -426,13 +435,13 @@ class InterSceneCriterion(nn.Module):
             evaluated = BankEntries.cat([current[:start], local, current[end:]])
         elif self.batch_entry_grad:
             evaluated = local
-        if 0 <= self.max_batch_entries < len(evaluated):
-            keep = torch.randperm(len(evaluated), device="cpu")[: self.max_batch_entries]
-            evaluated = evaluated[keep.to(mask_feats.device)]
+        keep = random_subset(len(evaluated), self.max_batch_entries, mask_feats.device)
+        if keep is not None:
+            evaluated = evaluated[keep]
         query_index = torch.arange(num_queries, device=mask_feats.device)
-        if 0 <= self.max_queries < num_queries:
-            keep = torch.randperm(num_queries, device="cpu")[: self.max_queries]
-            query_index = keep.to(mask_feats.device)
+        keep = random_subset(num_queries, self.max_queries, mask_feats.device)
+        if keep is not None:
+            query_index = keep
             queries = queries[query_index]
         if self.min_own_dice > 0:
             queries = queries[self.fits_own_mask(mask_dice, query_index)]
@@ -542,9 +551,8 @@ class InterSceneCriterion(nn.Module):
         counts = torch.tensor([len(x) for x in gt_instances], device=instances.device)
         images = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
         entry_images = images[instances]
-        if 0 <= self.max_batch_entries < len(local):
-            keep = torch.randperm(len(local), device="cpu")[: self.max_batch_entries]
-            keep = keep.to(instances.device)
+        keep = random_subset(len(local), self.max_batch_entries, instances.device)
+        if keep is not None:
             local, instances, entry_images = local[keep], instances[keep], entry_images[keep]
         pair_mask = (entry_images[None, :] == queries.im_inds[:, None]) & (
             instances[None, :] != queries.gt_inds[:, None]
