@@ -6,7 +6,12 @@ from typing import Optional, Sequence
 import torch
 from detectron2.config import CfgNode, get_cfg
 
-from ..config import add_condinst_config, add_iuq_config, check_adelaidet_only_keys
+from ..config import (
+    add_condinst_config,
+    add_iuq_config,
+    check_adelaidet_only_keys,
+    removed_key_error,
+)
 from ..data import check_num_classes, choose_mask_format, register_custom_coco
 
 logger = logging.getLogger(__name__)
@@ -34,9 +39,19 @@ def load_config(
     becomes "bitmask" where a training dataset has RLE masks (``choose_mask_format``).
     """
     cfg = get_config()
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    for source, merge in (
+        (config_file, lambda: cfg.merge_from_file(config_file)),
+        ("the command-line overrides", lambda: cfg.merge_from_list(list(opts))),
+    ):
+        if not source:
+            continue
+        try:
+            merge()
+        except (KeyError, AssertionError) as e:  # YACS: file keys, override keys
+            error = removed_key_error(e, source)
+            if error is None:
+                raise
+            raise error from None
     if torch.device(cfg.MODEL.DEVICE).type == "cuda" and not torch.cuda.is_available():
         logger.warning(f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but CUDA is not available: using cpu")
         cfg.MODEL.DEVICE = "cpu"

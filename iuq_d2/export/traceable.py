@@ -45,8 +45,6 @@ class TraceableCondInst(nn.Module):
         self.mask_head = model.mask_head
         self.register_buffer("pixel_mean", model._pixel_mean.clone(), persistent=False)
         self.register_buffer("pixel_std", model._pixel_std.clone(), persistent=False)
-        # The mask logit temperature, as CondInst.param_head applies it.
-        self.register_buffer("param_scale", model._param_scale.clone(), persistent=False)
         self.in_features: List[str] = list(fcos.in_features)
         self.strides: List[int] = list(fcos.strides)
         self.score_thresh = fcos.score_thresh
@@ -71,7 +69,7 @@ class TraceableCondInst(nn.Module):
                 lg[0],
                 reg[0],
                 ctr[0],
-                self.controller(tower)[0] * self.param_scale[:, None, None],
+                self.controller(tower)[0],
             )
             for level, (lg, reg, ctr, tower) in enumerate(
                 zip(logits, bbox_reg, ctrness, bbox_towers)

@@ -6,7 +6,7 @@ AdelaiDet's (all weights first, layer by layer, each [out, in] row-major; then a
 that its checkpoints produce the same masks.
 """
 
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -43,21 +43,6 @@ def parse_dynamic_params(
     return weights, biases
 
 
-def last_layer_scale(shapes: List[Tuple[int, int]], factor: float) -> Tensor:
-    """[P] multipliers: ``factor`` on the last layer's weights and bias, 1 elsewhere.
-
-    The last layer is linear, so scaling its parameters by 1/T divides every logit by T:
-    sigmoid(x / T) without touching any consumer of the parameters.
-    """
-    sizes = [o * i for o, i in shapes] + [o for o, _ in shapes]
-    scale = torch.ones(sum(sizes))
-    weights_end = sum(sizes[: len(shapes)])
-    last_out, last_in = shapes[-1]
-    scale[weights_end - last_out * last_in : weights_end] = factor
-    scale[-last_out:] = factor
-    return scale
-
-
 def dynamic_mlp(x: Tensor, weights: List[Tensor], biases: List[Tensor]) -> Tensor:
     """Apply each query's MLP to its own inputs.
 
@@ -72,3 +57,33 @@ def dynamic_mlp(x: Tensor, weights: List[Tensor], biases: List[Tensor]) -> Tenso
         if layer < len(weights) - 1:
             x = F.relu(x)
     return x
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """fp64 when any input is fp64 (gradcheck), else fp32 whatever the storage dtype: the
+    hand-written paths accumulate in it."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def fold_dynamic_params(
+    params: Tensor,
+    query_anchors: Tensor,
+    query_soi: Tensor,
+    layer_shapes: Sequence[Tuple[int, int]],
+    use_rel_coords: bool,
+    dtype: torch.dtype,
+) -> Tuple[List[Tensor], List[Tensor]]:
+    """Per-layer weights [Q, out, in] and biases [Q, out] acting on inputs shared by all queries.
+
+    With relative coordinates the first layer is linear in [rel, feats], rel = (a_q - a_n) / s_q,
+    so W_c rel = W_c a_q / s_q - (W_c / s_q) a_n: the query part folds into the bias and the
+    pixel part into a weight on ``[pixel anchors, pixel feats]``. The fused paths then need no
+    per-pair coordinates. Differentiable in ``params``; O(Q * P).
+    """
+    weights, biases = parse_dynamic_params(params.to(dtype), list(layer_shapes))
+    if use_rel_coords:
+        w0, b0 = weights[0], biases[0]
+        w_coord = w0[:, :, :2] / query_soi.to(dtype)[:, None, None]
+        biases[0] = b0 + torch.bmm(w_coord, query_anchors.to(dtype)[:, :, None]).squeeze(2)
+        weights[0] = torch.cat([-w_coord, w0[:, :, 2:]], dim=2)
+    return weights, biases

@@ -3,24 +3,20 @@
 against it."""
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["feature_equivariance_loss"]
 
 
-def feature_equivariance_loss(
-    view_feats: Tensor, warped: Tensor, valid: Tensor, distance: str = "l2"
-) -> Tensor:
-    """Distance between F(g(I)) and g(F(I)), averaged over the valid cells of the whole batch.
+def feature_equivariance_loss(view_feats: Tensor, warped: Tensor, valid: Tensor) -> Tensor:
+    """Squared difference between F(g(I)) and g(F(I)), averaged over channels and over the valid
+    cells of the whole batch.
 
     Args:
         view_feats: [B, C, H, W] F(g(I)), the features computed on the views.
         warped: [B, C, H, W] g(F(I)), the originals' features warped to the views
             (``warp_to_view``).
         valid: [B, H, W] bool, the cells where both are defined.
-        distance: per cell, "l2" is the squared difference averaged over channels, "cosine" is
-            1 - cosine similarity over channels.
     Returns:
         A scalar, computed in float32. Both inputs receive gradients (no stop-gradient): the
         term pulls the view pass and the original pass towards each other. Without any valid
@@ -36,12 +32,7 @@ def feature_equivariance_loss(
     if valid.shape != cells:
         raise ValueError(f"valid must be [B, H, W] = {tuple(cells)}, got {tuple(valid.shape)}")
     a, b = view_feats.float(), warped.float()
-    if distance == "l2":
-        per_cell = (a - b).pow(2).mean(dim=1)
-    elif distance == "cosine":
-        per_cell = 1.0 - F.cosine_similarity(a, b, dim=1)
-    else:
-        raise ValueError(f"MODEL.IUQ.EQUI.FEAT_DISTANCE must be 'l2' or 'cosine', got {distance!r}")
+    per_cell = (a - b).pow(2).mean(dim=1)
     valid = valid.bool()
     total = torch.where(valid, per_cell, per_cell.new_zeros(())).sum()
     return total / valid.sum().clamp(min=1)

@@ -13,7 +13,6 @@ from ...layers.warp import warp_to_view
 from ..condinst.condinst import CondInstTrainOutputs
 
 EQUI_MODES = ("paired", "extra")
-FEAT_DISTANCES = ("l2", "cosine")
 
 # (mask feats, queries, gt instances of the queries' images, valid cells) -> dice loss
 MaskLoss = Callable[[Tensor, Instances, List[Instances], Optional[Tensor]], Tensor]
@@ -56,30 +55,21 @@ class EquivarianceCriterion(nn.Module):
     counterpart in I. Holds no state."""
 
     @configurable
-    def __init__(
-        self, *, feat_stride: int, query_weight: float, feat_weight: float, feat_distance: str
-    ):
+    def __init__(self, *, feat_stride: int, query_weight: float, feat_weight: float):
         super().__init__()
         self.feat_stride = feat_stride
         self.query_weight = query_weight
         self.feat_weight = feat_weight
-        self.feat_distance = feat_distance
 
     @classmethod
     def from_config(cls, cfg, feat_stride: int):
         equi = cfg.MODEL.IUQ.EQUI
         if equi.MODE not in EQUI_MODES:
             raise ValueError(f"MODEL.IUQ.EQUI.MODE must be one of {EQUI_MODES}, got {equi.MODE!r}")
-        if equi.FEAT_DISTANCE not in FEAT_DISTANCES:
-            raise ValueError(
-                f"MODEL.IUQ.EQUI.FEAT_DISTANCE must be one of {FEAT_DISTANCES}, "
-                f"got {equi.FEAT_DISTANCE!r}"
-            )
         return {
             "feat_stride": feat_stride,
             "query_weight": equi.QUERY_LOSS_WEIGHT,
             "feat_weight": equi.FEAT_LOSS_WEIGHT,
-            "feat_distance": equi.FEAT_DISTANCE,
         }
 
     def warp(
@@ -117,6 +107,6 @@ class EquivarianceCriterion(nn.Module):
             loss = mask_loss(warped, queries, gt_instances[n:], valid)
             losses["loss_equi_query"] = loss * self.query_weight
         if self.feat_weight > 0:
-            loss = feature_equivariance_loss(feats[n:], warped, valid, self.feat_distance)
+            loss = feature_equivariance_loss(feats[n:], warped, valid)
             losses["loss_equi_feat"] = loss * self.feat_weight
         return losses

@@ -7,8 +7,6 @@ The model is CondInst plus two training-only criteria (as Mask2Former's model ho
   other images, from this global batch and from a bank shared by all GPUs;
 * :class:`EquivarianceCriterion` (``MODEL.IUQ.EQUI``): each image I comes with a view g(I) from
   the dataset mapper; the queries of g(I) must segment it on g(F(I)).
-* :class:`InstanceContrastCriterion` (``MODEL.IUQ.CONTRAST``, ours): the mask features of one
-  instance's pixels must be closer to each other than to other instances'.
 
 At inference the model is CondInst, with the same weights layout plus the bank's buffers, which
 ``iuq_d2.strip_checkpoint`` removes.
@@ -24,14 +22,10 @@ from torch import Tensor
 
 from ..condinst import CondInst
 from .equivariance import EquivarianceCriterion, view_inputs
-from .instance_contrast import InstanceContrastCriterion
 from .inter_scene import InterSceneCriterion, image_ids_of
 
-# Where the bank's buffers were before the criteria existed.
-_OLD_BANK_PREFIX = "query_bank."
-# State dict prefixes of the training-only state (dropped by strip_checkpoint): the criteria's,
-# and the bank's in checkpoints written before them.
-TRAINING_ONLY_PREFIXES = ("inter_scene.", "equivariance.", "contrast.", _OLD_BANK_PREFIX)
+# State dict prefixes of the training-only state (the bank; dropped by strip_checkpoint).
+TRAINING_ONLY_PREFIXES = ("inter_scene.", "equivariance.")
 
 
 @META_ARCH_REGISTRY.register()
@@ -42,16 +36,13 @@ class IUQCondInst(CondInst):
         *,
         inter_scene: Optional[InterSceneCriterion],
         equivariance: Optional[EquivarianceCriterion],
-        contrast: Optional[InstanceContrastCriterion] = None,
         gradient_log_period: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.inter_scene = inter_scene
         self.equivariance = equivariance
-        self.contrast = contrast
         self.gradient_log_period = gradient_log_period
-        self._register_load_state_dict_pre_hook(_map_old_bank_keys)
 
     @classmethod
     def from_config(cls, cfg):
@@ -70,13 +61,6 @@ class IUQCondInst(CondInst):
         )
         ret["equivariance"] = (
             EquivarianceCriterion(cfg, feat_stride=branch.out_stride) if iuq.EQUI.ENABLED else None
-        )
-        ret["contrast"] = (
-            InstanceContrastCriterion(
-                cfg, in_channels=branch.out_channels, feat_stride=branch.out_stride
-            )
-            if iuq.CONTRAST.ENABLED
-            else None
         )
         ret["gradient_log_period"] = iuq.GRADIENT_LOG_PERIOD
         return ret
@@ -105,15 +89,7 @@ class IUQCondInst(CondInst):
                     gt_instances,
                     image_ids,
                     iteration,
-                    outputs.mask_dice,
-                    losses.get("loss_mask"),
                 )
-            )
-        if self.contrast is not None:
-            # The originals only: a view's instances are its original's, not other instances.
-            num = len(batched_inputs)
-            losses.update(
-                self.contrast(outputs.mask_feats[:num], gt_instances[:num], image_ids[:num])
             )
         if self.gradient_log_period > 0 and iteration % self.gradient_log_period == 0:
             log_gradient_balance(losses, outputs.queries.mask_head_params, outputs.mask_feats)
@@ -124,10 +100,8 @@ class IUQCondInst(CondInst):
 _BALANCED_LOSSES = (
     "loss_mask",
     "loss_inter",
-    "loss_intra",
     "loss_equi_query",
     "loss_equi_feat",
-    "loss_contrast",
 )
 
 
@@ -145,10 +119,3 @@ def log_gradient_balance(losses: Dict[str, Tensor], queries: Tensor, feats: Tens
         for kind, grad in zip(("ctrl", "feat"), grads):
             norm = 0.0 if grad is None else grad.float().norm().item()
             storage.put_scalar(f"iuq/grad_{kind}/{name}", norm)
-
-
-def _map_old_bank_keys(state_dict, prefix, *args) -> None:
-    """Checkpoints written before the criteria held the bank at ``query_bank.*``."""
-    old = prefix + _OLD_BANK_PREFIX
-    for key in [k for k in state_dict if k.startswith(old)]:
-        state_dict[prefix + "inter_scene.bank." + key[len(old) :]] = state_dict.pop(key)

@@ -18,7 +18,6 @@ class BankEntries:
     positions: Tensor  # [N, 2] (x, y) of the cell centre in its image, input pixels
     offsets: Tensor  # [N, 2] from the pixel to its instance's box centre, input pixels
     image_ids: Tensor  # [N] int64 id of the source image
-    classes: Tensor  # [N] int64 class of the pixel's instance (-1: unknown)
 
     def __len__(self) -> int:
         return self.feats.shape[0]
@@ -58,25 +57,15 @@ class QueryBank(nn.Module):
         self.register_buffer("positions", torch.zeros(capacity, 2))
         self.register_buffer("offsets", torch.zeros(capacity, 2))
         self.register_buffer("image_ids", torch.full((capacity,), -1, dtype=torch.int64))
-        self.register_buffer("classes", torch.full((capacity,), -1, dtype=torch.int64))
         self.register_buffer("valid", torch.zeros(capacity, dtype=torch.bool))
-        # Training iteration at which each entry was written: bounds the age of the negatives.
-        self.register_buffer("iters", torch.zeros(capacity, dtype=torch.int64))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.int64))
 
     @property
     def num_filled(self) -> int:
         return int(self.valid.sum())
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints written before entries carried their iteration: treat them as written at
-        # 0; between the versions that dropped and restored the classes: unknown class.
-        state_dict.setdefault(prefix + "iters", torch.zeros_like(self.iters))
-        state_dict.setdefault(prefix + "classes", torch.full_like(self.classes, -1))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     @torch.no_grad()
-    def enqueue(self, entries: BankEntries, iteration: int = 0) -> None:
+    def enqueue(self, entries: BankEntries) -> None:
         """Write entries at the pointer, wrapping around; with more entries than capacity only
         the last ``capacity`` are kept."""
         n = len(entries)
@@ -90,26 +79,14 @@ class QueryBank(nn.Module):
             buffer = getattr(self, f.name)
             buffer[slots] = getattr(entries, f.name).to(buffer.dtype)
         self.valid[slots] = True
-        self.iters[slots] = iteration
         self.ptr.copy_((self.ptr + n) % self.capacity)
 
     @torch.no_grad()
     def sample(self, num: int, generator: Optional[torch.Generator] = None) -> BankEntries:
-        """Up to ``num`` distinct filled entries, uniformly at random."""
-        return self.sample_with_age(num, 0, -1, generator)[0]
-
-    @torch.no_grad()
-    def sample_with_age(
-        self, num: int, now: int, max_age: int, generator: Optional[torch.Generator] = None
-    ) -> Tuple[BankEntries, Tensor]:
-        """Up to ``num`` distinct filled entries written at most ``max_age`` iterations before
-        ``now`` (any age when ``max_age`` < 0), uniformly at random, and their ages."""
-        usable = self.valid
-        if max_age >= 0:
-            usable = usable & (now - self.iters <= max_age)
-        filled = torch.nonzero(usable).squeeze(1)
+        """Up to ``num`` distinct filled entries, uniformly at random (drawn on the CPU
+        generator, so that a run draws the same on any device)."""
+        filled = torch.nonzero(self.valid).squeeze(1)
         if len(filled) > num:
             pick = torch.randperm(len(filled), generator=generator, device="cpu")[:num]
             filled = filled[pick.to(filled.device)]
-        entries = BankEntries(*(getattr(self, f.name)[filled] for f in fields(BankEntries)))
-        return entries, now - self.iters[filled]
+        return BankEntries(*(getattr(self, f.name)[filled] for f in fields(BankEntries)))

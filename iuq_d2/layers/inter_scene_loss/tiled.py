@@ -1,72 +1,26 @@
-"""Chunked inter-scene focal loss whose gradients are computed during the forward.
+"""The inter-scene focal loss in chunks of entries, its gradients computed during the forward.
 
 The reference keeps several [Q, hidden, N] activations alive for autograd; at Q=500 queries and
 N=16k entries that is gigabytes. Like Liger-Kernel's fused losses, this path walks over the
 entries in chunks of T, runs the dynamic MLP forward *and* its hand-written backward on each
-chunk, and accumulates d loss / d layer weights and d loss / d entry inputs. Only those
-gradients are saved, so memory is O(Q * P + N * C) plus one chunk; the autograd backward just
-scales them by the incoming gradient. Plain PyTorch, so it runs on any device (CPU in CI).
+chunk, and accumulates d loss / d layers. Only those gradients are saved, so memory is
+O(Q * P) plus one chunk; the autograd backward just scales them by the incoming gradient.
+Plain PyTorch, so it runs on any device (CPU in CI).
 """
 
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .inter_scene import (
-    InterSceneStats,
-    check_pair_loss,
-    entry_inputs,
-    fold_dynamic_params,
-    inter_scene_weights,
-)
+from ..dynamic_mlp import compute_dtype, fold_dynamic_params
+from .pairs import InterSceneStats, entry_inputs, focal_and_grad, inter_scene_weights
 
 # Floats in one [Q, hidden, T] chunk (1 MiB in fp32). Measured on one CPU thread, entries
 # interleaved in one process: 33 ns per pair at 2^18 against 41 at 2^20 and 46 at 2^16, at the
 # demo's Q=64, N=4600 and at Q=200, N=8192 alike (the chunk's workspace then stays in cache).
 DEFAULT_CHUNK_ELEMS = 1 << 18
-
-
-def compute_dtype(*tensors: Tensor) -> torch.dtype:
-    """fp64 when any input is fp64 (gradcheck), else fp32 whatever the storage dtype."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
-def softplus_from_prob(logits: Tensor, prob: Tensor) -> Tensor:
-    """softplus(x) = relu(x) - log(sigmoid(|x|)), reusing p = sigmoid(x).
-
-    Same value as ``F.softplus`` to fp32 rounding, but torch's CPU softplus/log1p are scalar
-    loops (~10x slower than ``log2``), and this term dominated the chunk's elementwise time.
-    """
-    if logits.dtype == torch.float64:
-        return F.softplus(logits)
-    sig_abs = torch.where(logits >= 0, prob, 1.0 - prob)
-    return torch.log2(sig_abs).mul_(-math.log(2.0)).add_(logits.clamp(min=0))
-
-
-def focal_and_grad(logits: Tensor, alpha: float, gamma: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """Focal loss against 0, its derivative in the logit, and the probability.
-
-    With p = sigmoid(x) and softplus' = p: d/dx [(1-a) p^g sp(x)] = (1-a) p^g (g (1-p) sp + p),
-    which needs no p^(g-1) (finite at p = 0 for any g >= 0).
-    """
-    prob = logits.sigmoid()
-    soft = softplus_from_prob(logits, prob)
-    prob_g = prob * prob if gamma == 2.0 else prob.pow(gamma)
-    scale = prob_g.mul_(1.0 - alpha)
-    grad = (1.0 - prob).mul_(gamma).mul_(soft).add_(prob).mul_(scale)
-    return scale.mul_(soft), grad, prob
-
-
-def confident_and_grad(logits: Tensor, threshold: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """p [p >= threshold], its derivative p (1 - p) [p >= threshold], and p."""
-    prob = logits.sigmoid()
-    on = prob >= threshold
-    loss = prob * on
-    return loss, loss * (1.0 - prob), prob
 
 
 def _chunk_size(num_queries: int, hidden: int, num_entries: int, chunk_elems: int) -> int:
@@ -76,10 +30,9 @@ def _chunk_size(num_queries: int, hidden: int, num_entries: int, chunk_elems: in
 class TiledInterSceneLoss(torch.autograd.Function):
     """Weighted focal loss of the folded dynamic MLPs over all (query, entry) pairs.
 
-    Inputs: entry inputs [N, C_in], query/entry image ids, query/entry weights, the focal
-    constants, the chunk size, the pair mask, the confident-firing threshold (None: focal),
-    then the layers' weights and biases (``fold_dynamic_params``).
-    Outputs: the loss and the number of firing valid pairs (no gradient).
+    Inputs: entry inputs [N, C_in] (constants), query/entry image ids, query/entry weights, the
+    focal constants, the chunk size, then the layers' weights and biases
+    (``fold_dynamic_params``). Outputs: the loss and the number of firing valid pairs.
     """
 
     @staticmethod
@@ -93,8 +46,6 @@ class TiledInterSceneLoss(torch.autograd.Function):
         alpha: float,
         gamma: float,
         chunk: int,
-        pair_mask: Optional[Tensor],
-        threshold: Optional[float],
         *layers: Tensor,
     ) -> Tuple[Tensor, Tensor]:
         dtype = compute_dtype(inputs, *layers)
@@ -105,14 +56,12 @@ class TiledInterSceneLoss(torch.autograd.Function):
         qw, pw = qw.to(dtype), pw.to(dtype)
         num_q, hidden, c_in = weights[0].shape
         num_n = x_all.shape[0]
-        need_inputs = ctx.needs_input_grad[0]
 
         d_weights = [torch.zeros_like(w) for w in weights[1:]]
         d_biases = [torch.zeros_like(b) for b in biases]
         # First-layer weight gradient kept transposed: x^T g^T is ~3x faster on CPU than g x
         # (MKL with the long reduction over T as the inner dimension of both operands).
         d_w0_t = weights[0].new_zeros(c_in, num_q * hidden)
-        d_inputs = torch.zeros_like(x_all) if need_inputs else None
         total = torch.zeros((), dtype=dtype, device=x_all.device)
         firing = torch.zeros((), dtype=torch.int64, device=x_all.device)
         w0_flat = weights[0].reshape(num_q * hidden, c_in)
@@ -138,13 +87,8 @@ class TiledInterSceneLoss(torch.autograd.Function):
                 acts.append(x.relu_())
                 out = buffer(layer, widths[layer], t) if layer < num_layers - 1 else None
                 x = torch.baddbmm(biases[layer][:, :, None], weights[layer], x, out=out)
-            if threshold is None:
-                loss, grad, prob = focal_and_grad(x[:, 0, :], alpha, gamma)
-            else:
-                loss, grad, prob = confident_and_grad(x[:, 0, :], threshold)
+            loss, grad, prob = focal_and_grad(x[:, 0, :], alpha, gamma)
             valid = query_images[:, None] != pixel_images[None, start : start + t]
-            if pair_mask is not None:
-                valid &= pair_mask[:, start : start + t]
             pair_w = (qw[:, None] * pw[None, start : start + t]).masked_fill_(~valid, 0.0)
             total += (loss * pair_w).sum()
             firing += ((prob > 0.5) & valid).sum()
@@ -160,29 +104,20 @@ class TiledInterSceneLoss(torch.autograd.Function):
                 else:
                     g = torch.bmm(w.transpose(1, 2), g, out=out)
                 torch.ops.aten.threshold_backward.grad_input(g, act, 0, grad_input=g)
-            g_flat = g.reshape(num_q * hidden, t)
-            d_w0_t.addmm_(x_in.t(), g_flat.t())
+            d_w0_t.addmm_(x_in.t(), g.reshape(num_q * hidden, t).t())
             d_biases[0] += g.sum(2)
-            if need_inputs:
-                torch.mm(g_flat.t(), w0_flat, out=d_inputs[start : start + t])
         d_weights.insert(0, d_w0_t.t().reshape(num_q, hidden, c_in))
 
         ctx.layer_dtypes = [t.dtype for t in layers]
-        ctx.input_dtype = inputs.dtype
-        grads = d_weights + d_biases + ([d_inputs] if need_inputs else [])
-        ctx.save_for_backward(*grads)
-        ctx.need_inputs = need_inputs
+        ctx.save_for_backward(*d_weights, *d_biases)
         ctx.mark_non_differentiable(firing)
         return total, firing
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss: Tensor, _grad_firing: Optional[Tensor]):
-        saved = ctx.saved_tensors
-        num_params = len(ctx.layer_dtypes)
-        d_layers = [(g * grad_loss).to(dt) for g, dt in zip(saved[:num_params], ctx.layer_dtypes)]
-        d_inputs = (saved[num_params] * grad_loss).to(ctx.input_dtype) if ctx.need_inputs else None
-        return (d_inputs, None, None, None, None, None, None, None, None, None, *d_layers)
+        d_layers = [(g * grad_loss).to(dt) for g, dt in zip(ctx.saved_tensors, ctx.layer_dtypes)]
+        return (None,) * 8 + tuple(d_layers)
 
 
 def tiled_inter_scene_focal_loss(
@@ -199,20 +134,14 @@ def tiled_inter_scene_focal_loss(
     gamma: float = 2.0,
     normalization: str = "pairs",
     chunk_elems: Optional[int] = None,
-    pair_mask: Optional[Tensor] = None,
-    pair_loss: str = "focal",
-    threshold: float = 0.8,
 ) -> Tuple[Tensor, InterSceneStats]:
     """``inter_scene_focal_loss`` in chunks of entries; see the module docstring."""
-    check_pair_loss(pair_loss)
     dtype = compute_dtype(params, pixel_feats)
     weights, biases = fold_dynamic_params(
         params, query_anchors, query_soi, layer_shapes, use_rel_coords, dtype
     )
     inputs = entry_inputs(pixel_feats, pixel_anchors, use_rel_coords, dtype)
-    qw, pw, num_pairs = inter_scene_weights(
-        query_images, pixel_images, normalization, dtype, pair_mask
-    )
+    qw, pw, num_pairs = inter_scene_weights(query_images, pixel_images, normalization, dtype)
     num_q, hidden = weights[0].shape[:2]
     hidden = max([hidden] + [w.shape[1] for w in weights[1:]])
     chunk = _chunk_size(num_q, hidden, inputs.shape[0], chunk_elems or DEFAULT_CHUNK_ELEMS)
@@ -225,8 +154,6 @@ def tiled_inter_scene_focal_loss(
         float(alpha),
         float(gamma),
         chunk,
-        pair_mask,
-        float(threshold) if pair_loss == "confident" else None,
         *weights,
         *biases,
     )

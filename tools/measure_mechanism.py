@@ -1,13 +1,12 @@
 #!/usr/bin/env python
 """Measure the mechanism of a checkpoint, not only its AP: inter-scene false firing of the
-dynamic mask heads, mask sharpness, how well the mask features identify instances and, for IUQ
-checkpoints, staleness of the query bank.
+dynamic mask heads, mask sharpness and how well the mask features identify instances.
 
-    python benchmarks/mechanism.py --config-file configs/Demo/shapes_IUQ.yaml \
+    python -m tools.measure_mechanism --config-file configs/Demo/shapes_IUQ.yaml \
         --weights output/demo_shapes_IUQ/model_final.pth --num-images 30 \
         --out benchmarks/results/mechanism_shapes_IUQ.json [KEY VALUE ...]
 
-The definitions are in ``iuq_d2.evaluation.mechanism``.
+The definitions are in ``tools/mechanism.py``.
 """
 
 import argparse
@@ -24,27 +23,14 @@ from detectron2.modeling import build_model
 
 from iuq_d2.data import CondInstDatasetMapper
 from iuq_d2.engine.config_loader import load_config
-from iuq_d2.evaluation import (
-    bank_ages,
-    bank_feature_drift,
+from tools.mechanism import (
     coco_mask_ap,
     encode_image,
     false_firing,
     feature_identity,
     map_for_evaluation,
     mask_sharpness,
-    read_bank,
-    sample_bank_entries,
 )
-
-BANK_NOTES = [
-    "bank positions were recorded on training views (resized to INPUT.MIN_SIZE_TRAIN, maybe "
-    "flipped); features are recomputed on the original image without resize or flip, so the "
-    "cell at a stored position need not show the same point: cosine/l2 mix drift with this "
-    "mismatch, best_cosine_mean (best cell of the image) bounds the drift from above",
-    "stored features were computed in training mode (BatchNorm batch statistics), recomputed "
-    "ones in eval mode",
-]
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -61,38 +47,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--score-thresh", type=float, default=0.3)
     parser.add_argument("--max-per-image", type=int, default=10, help="queries per image")
-    parser.add_argument(
-        "--bank-dataset", help="dataset the bank's image ids refer to (default: DATASETS.TRAIN[0])"
-    )
-    parser.add_argument("--bank-samples", type=int, default=256)
     parser.add_argument("--no-coco", action="store_true", help="skip the COCO mask AP")
     parser.add_argument("--out", help="write the results to this JSON file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return parser.parse_args(argv)
-
-
-def bank_report(
-    model,
-    mapper: CondInstDatasetMapper,
-    bank: dict,
-    iteration: Optional[int],
-    dataset: str,
-    num_samples: int,
-) -> dict:
-    notes = list(BANK_NOTES)
-    if iteration is None:
-        iteration = int(bank["iters"].max())
-        notes.append("the checkpoint has no 'iteration': ages are relative to the newest entry")
-    report = {"dataset": dataset, **bank_ages(bank, iteration)}
-    by_id = {d["image_id"]: d for d in DatasetCatalog.get(dataset)}
-    indices = sample_bank_entries(bank, list(by_id), num_samples)
-    inputs = {
-        i: map_for_evaluation(mapper, by_id[i], resize=False)
-        for i in set(bank["image_ids"][indices].tolist())
-    }
-    report["drift"] = bank_feature_drift(model, bank, indices, inputs)
-    report["notes"] = notes
-    return report
 
 
 def print_table(results: dict) -> None:
@@ -134,29 +92,6 @@ def print_table(results: dict) -> None:
             f"COCO mask AP on these images: AP {c['AP']:.1f}  AP50 {c['AP50']:.1f}  "
             f"AP75 {c['AP75']:.1f}"
         )
-    b = results.get("bank")
-    if b is None:
-        print(
-            "\nNo query bank in the model (CondInst, a stripped checkpoint, or a config "
-            "without MODEL.IUQ.INTER.ENABLED)"
-        )
-        return
-    print(
-        f"\nBank: {b['num_filled']}/{b['capacity']} filled at iteration {b['iteration']}; "
-        f"age mean {b['age_mean']:.1f}, median {b['age_median']:.0f}, max {b['age_max']:.0f}"
-    )
-    d = b["drift"]
-    if d["num_entries"] == 0:
-        print(f"Bank drift: no filled entry comes from an image of {b['dataset']}")
-    else:
-        print(
-            f"Bank drift ({d['num_entries']} entries of {d['num_images']} images of "
-            f"{b['dataset']}): L2 {d['l2_mean']:.4f} (norms: stored {d['stored_norm_mean']:.4f}, "
-            f"recomputed {d['recomputed_norm_mean']:.4f}), cosine {d['cosine_mean']:.4f}, "
-            f"best cosine in the image {d['best_cosine_mean']:.4f}"
-        )
-    for note in b["notes"]:
-        print(f"note: {note}")
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
@@ -164,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     start = time.perf_counter()
     cfg = load_config(args.config_file, args.opts)
     model = build_model(cfg)
-    extra = DetectionCheckpointer(model).load(args.weights)
+    DetectionCheckpointer(model).load(args.weights)
     model.eval()
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     mapper = CondInstDatasetMapper(cfg, is_train=False)
@@ -190,16 +125,6 @@ def main(argv: Optional[List[str]] = None) -> dict:
     }
     if not args.no_coco:
         results["coco"] = coco_mask_ap(model, dataset, encoded)
-    bank = read_bank(model.state_dict())
-    if bank is not None:
-        results["bank"] = bank_report(
-            model,
-            mapper,
-            bank,
-            extra.get("iteration"),
-            args.bank_dataset or cfg.DATASETS.TRAIN[0],
-            args.bank_samples,
-        )
     results["seconds"] = time.perf_counter() - start
     print_table(results)
     if args.out:

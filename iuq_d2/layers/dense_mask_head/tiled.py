@@ -1,18 +1,8 @@
-"""The dynamic mask head on whole feature maps: PyTorch reference, tiled CPU path, dispatch.
+"""The dense mask head in chunks of queries, activations recomputed in the backward.
 
-Every query q runs its own small MLP (parameters ``params[q]``, AdelaiDet's layout, see
-``dynamic_mlp``) on its image's mask features, optionally preceded by the relative coordinates
-``(locations[q] - p) / soi[q]`` of every FCOS cell centre p (``fcos_cell_centers``). The output
-is the [Q, 1, H, W] logits at the stride of the features; upsampling stays with the caller.
-
-* ``reference``: today's ``DynamicMaskHead.forward`` math, with [Q, 2 + C, HW] inputs (one copy
-  of the features per query) and [Q, hidden, HW] activations kept for the backward;
-* ``tiled`` (``TiledDenseMaskHead``): queries grouped by image in chunks, on the image's shared
-  [2 + C, HW] inputs, activations recomputed per chunk in the backward: memory O(Q * HW) for
-  the logits plus one chunk; any device;
-* ``triton`` (``dense_mask_head_triton``): fused CUDA kernels; ``triton`` is optional.
-
-``dense_mask_logits`` is the one place that picks among them.
+Queries are grouped by image and run on the image's shared [2 + C, HW] inputs (the relative
+coordinates folded into the first layer, ``fold_dynamic_params``), so memory is O(Q * HW) for
+the logits plus one chunk of activations; plain PyTorch, any device.
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -21,57 +11,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .cell_centers import fcos_cell_centers
-from .dynamic_mlp import dynamic_mlp, parse_dynamic_params
-from .inter_scene import fold_dynamic_params
-from .inter_scene_tiled import compute_dtype
+from ..cell_centers import fcos_cell_centers
+from ..dynamic_mlp import compute_dtype, fold_dynamic_params
+from .common import image_segments
 
-IMPLS = ("auto", "reference", "tiled", "triton")
 # Floats in one [queries, hidden, HW] chunk (2 MiB in fp32). One CPU thread, forward and
 # backward: 7.3 ms at 2^19 against 8.8 at 2^20 for the demo's 200 queries on 24x32 maps, and
 # 205 against 230 ms for 500 queries on R-50's 100x136.
 DEFAULT_CHUNK_ELEMS = 1 << 19
-
-
-def relative_coords(
-    locations: Tensor, soi: Tensor, height: int, width: int, stride: int, dtype: torch.dtype
-) -> Tensor:
-    """[Q, 2, HW] ``(locations[q] - p) / soi[q]`` over the FCOS cell centres p, row-major."""
-    pixels = fcos_cell_centers(height, width, stride, locations.device)
-    rel = (locations[:, :, None] - pixels.t()[None]) / soi[:, None, None]
-    return rel.to(dtype)
-
-
-def reference_dense_mask_logits(
-    mask_feats: Tensor,
-    params: Tensor,
-    im_inds: Tensor,
-    locations: Tensor,
-    soi: Tensor,
-    stride: int,
-    layer_shapes: Sequence[Tuple[int, int]],
-    use_rel_coords: bool = True,
-) -> Tensor:
-    """``DynamicMaskHead.forward`` before upsampling: the graph the other paths are tested
-    against (keeps [Q, 2 + C, HW] inputs and [Q, hidden, HW] activations)."""
-    num_queries = params.shape[0]
-    channels, h, w = mask_feats.shape[1:]
-    inputs = mask_feats[im_inds].reshape(num_queries, channels, h * w)
-    if use_rel_coords:
-        rel = relative_coords(locations, soi.float(), h, w, stride, inputs.dtype)
-        inputs = torch.cat([rel, inputs], dim=1)
-    weights, biases = parse_dynamic_params(params, list(layer_shapes))
-    return dynamic_mlp(inputs, weights, biases).reshape(num_queries, 1, h, w)
-
-
-def image_segments(im_inds: Tensor, num_images: int) -> Tuple[Tensor, List[int]]:
-    """Queries sorted by image (stable) and the [num_images + 1] bounds of each image's run."""
-    order = torch.argsort(im_inds, stable=True)
-    counts = torch.bincount(im_inds, minlength=num_images)
-    if counts.numel() > num_images:
-        raise ValueError(f"im_inds must lie in [0, {num_images}), got max {int(im_inds.max())}")
-    bounds = [0] + torch.cumsum(counts, 0).tolist()
-    return order, bounds
 
 
 def _grid_center(height: int, width: int, stride: int) -> Tuple[int, int]:
@@ -259,66 +206,3 @@ def tiled_dense_mask_logits(
         mask_feats.reshape(num_images, channels, h * w), coords, order, bounds, chunk, *layers
     )
     return out.to(torch.promote_types(mask_feats.dtype, params.dtype)).reshape(num_q, 1, h, w)
-
-
-def _resolve_impl(impl: str, mask_feats: Tensor) -> str:
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl != "auto":
-        return impl
-    if mask_feats.is_cuda:
-        from .triton_support import triton_available
-
-        if triton_available():
-            return "triton"
-    return "tiled"
-
-
-def dense_mask_logits(
-    mask_feats: Tensor,
-    params: Tensor,
-    im_inds: Tensor,
-    locations: Tensor,
-    soi: Tensor,
-    stride: int,
-    layer_shapes: Sequence[Tuple[int, int]],
-    use_rel_coords: bool = True,
-    impl: str = "auto",
-    chunk_elems: Optional[int] = None,
-) -> Tensor:
-    """Mask logits [Q, 1, H, W] of every query's dynamic MLP on its own image's features.
-
-    Args:
-        mask_feats: [B, C, H, W] mask-branch features at ``stride`` (get gradient).
-        params: [Q, P] dynamic parameters in AdelaiDet's layout (get gradient).
-        im_inds: [Q] int64 image of each query, in [0, B).
-        locations: [Q, 2] (x, y) input pixel of each query; soi: [Q] size of interest of its
-            FPN level. Neither gets gradient.
-        stride: of ``mask_feats``; the relative coordinates of cell p are
-            ``(locations[q] - fcos_cell_center(p)) / soi[q]``.
-        layer_shapes: (out, in) per layer, the first taking ``2 + C`` inputs when
-            ``use_rel_coords`` else ``C``.
-        impl: "reference", "tiled", "triton" (CUDA tensors only) or "auto" (triton on CUDA when
-            it imports, else tiled).
-        chunk_elems: tiled path only: about how many floats one [queries, hidden, HW] chunk of
-            activations holds.
-    Returns:
-        [Q, 1, H, W] logits; [0, 1, H, W] (still in the graph) without queries.
-    """
-    impl = _resolve_impl(impl, mask_feats)
-    args = (mask_feats, params, im_inds, locations, soi, int(stride), layer_shapes, use_rel_coords)
-    if impl == "reference":
-        return reference_dense_mask_logits(*args)
-    if impl == "tiled":
-        return tiled_dense_mask_logits(*args, chunk_elems=chunk_elems)
-    from .dense_mask_head_triton import triton_dense_mask_logits
-
-    return triton_dense_mask_logits(*args)
-
-
-__all__ = [
-    "dense_mask_logits",
-    "reference_dense_mask_logits",
-    "relative_coords",
-    "tiled_dense_mask_logits",
-]

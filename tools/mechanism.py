@@ -17,7 +17,7 @@ Images go through the model once (:func:`encode_image`); the functions work on t
 """
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,20 +27,17 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import ImageList, Instances, pairwise_iou
 from torch import Tensor
 
-from ..data.mapper import CondInstDatasetMapper
-from ..layers.inter_scene_tiled import focal_and_grad
-from ..modeling.condinst import CondInst
-from ..modeling.condinst.dynamic_mask_head import DynamicMaskHead
-from ..modeling.iuq.inter_scene import cell_masks
+from iuq_d2.data.mapper import CondInstDatasetMapper
+from iuq_d2.layers.inter_scene_loss import focal_and_grad
+from iuq_d2.modeling.condinst import CondInst
+from iuq_d2.modeling.condinst.dynamic_mask_head import DynamicMaskHead
+from iuq_d2.modeling.iuq.inter_scene import cell_masks
 
 __all__ = [
-    "BANK_PREFIXES",
     "EncodedImage",
     "FiringStats",
     "IdentityStats",
     "SharpnessStats",
-    "bank_ages",
-    "bank_feature_drift",
     "coco_mask_ap",
     "confident",
     "encode_image",
@@ -48,12 +45,8 @@ __all__ = [
     "feature_identity",
     "map_for_evaluation",
     "mask_sharpness",
-    "read_bank",
-    "sample_bank_entries",
 ]
 
-# Where checkpoints hold the query bank's buffers: now, and before the criteria existed.
-BANK_PREFIXES = ("inter_scene.bank.", "query_bank.")
 # MODEL.IUQ.INTER.FOCAL_ALPHA/GAMMA's defaults: the loss whose gradient share is measured.
 _DEFAULT_FOCAL_ALPHA, _DEFAULT_FOCAL_GAMMA = 0.25, 2.0
 
@@ -498,79 +491,3 @@ def coco_mask_ap(
         evaluator.process([{"image_id": image.image_id}], [{"instances": instances}])
     segm = evaluator.evaluate(img_ids=[image.image_id for image in encoded])["segm"]
     return {key: segm[key] for key in ("AP", "AP50", "AP75")}
-
-
-def read_bank(state_dict: Mapping[str, Tensor]) -> Optional[Dict[str, Tensor]]:
-    """The query bank's buffers (feats, positions, image_ids, iters, valid, ...) in a model
-    state_dict, by buffer name; None when it holds no bank (CondInst, stripped checkpoints)."""
-    for prefix in BANK_PREFIXES:
-        bank = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        if bank:
-            bank.setdefault("iters", torch.zeros(bank["valid"].shape, dtype=torch.int64))
-            return bank
-    return None
-
-
-def bank_ages(bank: Mapping[str, Tensor], iteration: int) -> Dict[str, float]:
-    """Age (``iteration`` minus the iteration it was written at) of the filled entries."""
-    valid = bank["valid"].bool()
-    ages = (iteration - bank["iters"][valid]).float()
-    empty = len(ages) == 0
-    return {
-        "capacity": len(valid),
-        "num_filled": int(valid.sum()),
-        "iteration": iteration,
-        "age_mean": float("nan") if empty else ages.mean().item(),
-        "age_median": float("nan") if empty else ages.median().item(),
-        "age_max": float("nan") if empty else ages.max().item(),
-    }
-
-
-def sample_bank_entries(
-    bank: Mapping[str, Tensor], image_ids: Sequence[int], num: int, seed: int = 0
-) -> Tensor:
-    """Indices of up to ``num`` filled entries from the given images, drawn reproducibly."""
-    known = torch.as_tensor(list(image_ids), dtype=torch.int64)
-    usable = bank["valid"].bool().cpu() & torch.isin(bank["image_ids"].cpu(), known)
-    candidates = torch.nonzero(usable).squeeze(1)
-    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))
-    return candidates[order[:num]].sort().values
-
-
-@torch.no_grad()
-def bank_feature_drift(
-    model: CondInst, bank: Mapping[str, Tensor], indices: Tensor, inputs_by_id: Mapping[int, dict]
-) -> Dict[str, float]:
-    """Stored bank features against F recomputed by the current model (eval mode) on the
-    images of ``inputs_by_id``, at the cell holding each entry's stored position.
-
-    The position was recorded on a training view (resized, maybe flipped), so on another view
-    it may point at another cell; ``best_cosine_mean`` (the best match over all cells of the
-    image) bounds the drift from above without depending on where the entry is.
-    """
-    stride = model.mask_branch.out_stride
-    stored, at_position, best_cosine = [], [], []
-    ids = bank["image_ids"][indices].tolist()
-    for image_id in sorted(set(ids)):
-        rows = indices[torch.as_tensor(ids) == image_id]
-        mask_feats = _features(model, inputs_by_id[image_id])[2][0]  # [C, H, W]
-        c, h, w = mask_feats.shape
-        feats = bank["feats"][rows].to(mask_feats)
-        cells = (bank["positions"][rows].to(mask_feats) // stride).long()
-        col, row = cells[:, 0].clamp(0, w - 1), cells[:, 1].clamp(0, h - 1)
-        stored.append(feats)
-        at_position.append(mask_feats[:, row, col].t())
-        all_cells = F.normalize(mask_feats.reshape(c, -1), dim=0)
-        best_cosine.append((F.normalize(feats, dim=1) @ all_cells).max(dim=1).values)
-    if not stored:
-        return {"num_entries": 0}
-    stored, at_position = torch.cat(stored), torch.cat(at_position)
-    return {
-        "num_entries": len(stored),
-        "num_images": len(set(ids)),
-        "l2_mean": (stored - at_position).norm(dim=1).mean().item(),
-        "stored_norm_mean": stored.norm(dim=1).mean().item(),
-        "recomputed_norm_mean": at_position.norm(dim=1).mean().item(),
-        "cosine_mean": F.cosine_similarity(stored, at_position, dim=1).mean().item(),
-        "best_cosine_mean": torch.cat(best_cosine).mean().item(),
-    }

@@ -17,7 +17,7 @@ Every output slot has one writer: no atomics, deterministic results, at the pric
 recomputing the forward in both backward kernels. The layers (8x10, 8x8, 1x8) are below
 ``tl.dot``'s 16-wide minimum, so they are broadcast-multiply-reduce in fp32 FMAs. Parameters and
 features may be fp32/fp16/bf16 and are cast to fp32 on load. Set ``TRITON_INTERPRET=1`` before
-importing this module to run the kernels on CPU tensors (tests).
+importing iuq_d2 to run the kernels on CPU tensors (tests).
 """
 
 from typing import Optional, Sequence, Tuple
@@ -26,39 +26,21 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .dense_mask_head import image_segments
-from .triton_support import INTERPRET, TRITON_IMPORT_ERROR, tl, triton
-
-BLOCK_N = 32
-NUM_WARPS = 4
-
+from ..triton_support import (
+    BLOCK_N,
+    NUM_WARPS,
+    check_three_layers,
+    check_triton_inputs,
+    next_pow2,
+    on_device,
+    target_programs,
+    tl,
+    triton,
+)
+from .common import image_segments
 
 if triton is not None:
-
-    @triton.jit
-    def _load_params(
-        params_ptr, q, P, H: tl.constexpr, CIN: tl.constexpr, HP: tl.constexpr, CINP: tl.constexpr
-    ):
-        """Query q's layers from its [P] row (zero-padded to HP/CINP), as fp32."""
-        base = params_ptr + q * P
-        rh = tl.arange(0, HP)
-        ri = tl.arange(0, CINP)
-        mh = rh < H
-        w0 = tl.load(
-            base + rh[:, None] * CIN + ri[None, :],
-            mask=mh[:, None] & (ri[None, :] < CIN),
-            other=0.0,
-        ).to(tl.float32)
-        w1 = tl.load(
-            base + H * CIN + rh[:, None] * H + rh[None, :],
-            mask=mh[:, None] & mh[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        w2 = tl.load(base + H * CIN + H * H + rh, mask=mh, other=0.0).to(tl.float32)
-        b0 = tl.load(base + H * CIN + H * H + H + rh, mask=mh, other=0.0).to(tl.float32)
-        b1 = tl.load(base + H * CIN + H * H + 2 * H + rh, mask=mh, other=0.0).to(tl.float32)
-        b2 = tl.load(base + H * CIN + H * H + 3 * H).to(tl.float32)
-        return w0, b0, w1, b1, w2, b2
+    from ..triton_support import load_mlp3, mlp3_backward, mlp3_forward, store_mlp3
 
     @triton.jit
     def _load_inputs(
@@ -96,22 +78,6 @@ if triton is not None:
         return f
 
     @triton.jit
-    def _forward(w0, b0, w1, b1, w2, b2, inp):
-        """Post-ReLU activations [HP, BLOCK_N] of both hidden layers and the logits."""
-        r1 = tl.maximum(tl.sum(w0[:, :, None] * inp[None, :, :], axis=1) + b0[:, None], 0.0)
-        r2 = tl.maximum(tl.sum(w1[:, :, None] * r1[None, :, :], axis=1) + b1[:, None], 0.0)
-        z = tl.sum(w2[:, None] * r2, axis=0) + b2
-        return r1, r2, z
-
-    @triton.jit
-    def _backward(w1, w2, r1, r2, gz):
-        """d logits [BLOCK_N] -> d (pre-ReLU) layer-2 and layer-1 outputs [HP, BLOCK_N]."""
-        g_x2 = tl.where(r2 > 0.0, w2[:, None] * gz[None, :], 0.0)
-        # d/d r1[k] = sum_j w1[j, k] g_x2[j]
-        g_x1 = tl.where(r1 > 0.0, tl.sum(w1[:, :, None] * g_x2[:, None, :], axis=0), 0.0)
-        return g_x2, g_x1
-
-    @triton.jit
     def _forward_kernel(
         params_ptr,
         feats_ptr,
@@ -135,11 +101,11 @@ if triton is not None:
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < HW
         img = tl.load(img_ptr + q)
-        w0, b0, w1, b1, w2, b2 = _load_params(params_ptr, q, P, H, CIN, HP, CINP)
+        w0, b0, w1, b1, w2, b2 = load_mlp3(params_ptr, q, P, H, CIN, HP, CINP)
         inp = _load_inputs(
             feats_ptr, loc_ptr, soi_ptr, q, img, offs_n, mask_n, HW, W, STRIDE, C, NC, CINP
         )
-        _, _, z = _forward(w0, b0, w1, b1, w2, b2, inp)
+        _, _, z = mlp3_forward(w0, b0, w1, b1, w2, b2, inp)
         tl.store(out_ptr + q.to(tl.int64) * HW + offs_n, z, mask=mask_n)
 
     @triton.jit
@@ -168,7 +134,7 @@ if triton is not None:
         s = tl.program_id(1)
         num_s = tl.num_programs(1)
         img = tl.load(img_ptr + q)
-        w0, b0, w1, b1, w2, b2 = _load_params(params_ptr, q, P, H, CIN, HP, CINP)
+        w0, b0, w1, b1, w2, b2 = load_mlp3(params_ptr, q, P, H, CIN, HP, CINP)
         db2 = tl.zeros([BLOCK_N], dtype=tl.float32)
         dw0 = tl.zeros([HP, CINP], dtype=tl.float32)
         db0 = tl.zeros([HP], dtype=tl.float32)
@@ -181,29 +147,30 @@ if triton is not None:
             inp = _load_inputs(
                 feats_ptr, loc_ptr, soi_ptr, q, img, offs_n, mask_n, HW, W, STRIDE, C, NC, CINP
             )
-            r1, r2, z = _forward(w0, b0, w1, b1, w2, b2, inp)
+            r1, r2, z = mlp3_forward(w0, b0, w1, b1, w2, b2, inp)
             gz = tl.load(gout_ptr + q.to(tl.int64) * HW + offs_n, mask=mask_n, other=0.0)
-            g_x2, g_x1 = _backward(w1, w2, r1, r2, gz)
+            g_x2, g_x1 = mlp3_backward(w1, w2, r1, r2, gz)
             db2 += gz
             dw2 += tl.sum(r2 * gz[None, :], axis=1)
             dw1 += tl.sum(g_x2[:, None, :] * r1[None, :, :], axis=2)
             db1 += tl.sum(g_x2, axis=1)
             dw0 += tl.sum(g_x1[:, None, :] * inp[None, :, :], axis=2)
             db0 += tl.sum(g_x1, axis=1)
-        base = dparams_ptr + (s * Q + q).to(tl.int64) * P
-        rh = tl.arange(0, HP)
-        ri = tl.arange(0, CINP)
-        mh = rh < H
-        tl.store(
-            base + rh[:, None] * CIN + ri[None, :], dw0, mask=mh[:, None] & (ri[None, :] < CIN)
+        store_mlp3(
+            dparams_ptr,
+            s * Q + q,
+            P,
+            dw0,
+            db0,
+            dw1,
+            db1,
+            dw2,
+            tl.sum(db2, axis=0),
+            H,
+            CIN,
+            HP,
+            CINP,
         )
-        tl.store(
-            base + H * CIN + rh[:, None] * H + rh[None, :], dw1, mask=mh[:, None] & mh[None, :]
-        )
-        tl.store(base + H * CIN + H * H + rh, dw2, mask=mh)
-        tl.store(base + H * CIN + H * H + H + rh, db0, mask=mh)
-        tl.store(base + H * CIN + H * H + 2 * H + rh, db1, mask=mh)
-        tl.store(base + H * CIN + H * H + 3 * H, tl.sum(db2, axis=0))
 
     @triton.jit
     def _feats_grad_kernel(
@@ -238,30 +205,19 @@ if triton is not None:
         d_inp = tl.zeros([CINP, BLOCK_N], dtype=tl.float32)
         for i in range(start, end):
             q = tl.load(order_ptr + i)
-            w0, b0, w1, b1, w2, b2 = _load_params(params_ptr, q, P, H, CIN, HP, CINP)
+            w0, b0, w1, b1, w2, b2 = load_mlp3(params_ptr, q, P, H, CIN, HP, CINP)
             inp = _load_inputs(
                 feats_ptr, loc_ptr, soi_ptr, q, img, offs_n, mask_n, HW, W, STRIDE, C, NC, CINP
             )
-            r1, r2, z = _forward(w0, b0, w1, b1, w2, b2, inp)
+            r1, r2, z = mlp3_forward(w0, b0, w1, b1, w2, b2, inp)
             gz = tl.load(gout_ptr + q * HW + offs_n, mask=mask_n, other=0.0)
-            g_x2, g_x1 = _backward(w1, w2, r1, r2, gz)
+            g_x2, g_x1 = mlp3_backward(w1, w2, r1, r2, gz)
             # d/d inp[k] = sum_j w0[j, k] g_x1[j]
             d_inp += tl.sum(w0[:, :, None] * g_x1[:, None, :], axis=0)
         k = tl.arange(0, CINP)[:, None]
         base = dfeats_ptr + (g * B + img).to(tl.int64) * C * HW
         ptr = base + (k - NC) * HW + offs_n[None, :]
         tl.store(ptr, d_inp, mask=mask_n[None, :] & (k >= NC) & (k < NC + C))
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
-
-
-def _target_programs(device: torch.device) -> int:
-    """Enough programs to fill the GPU a few times over (few under the interpreter)."""
-    if device.type != "cuda":
-        return 4
-    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _consts(hidden: int, channels: int, num_coords: int, stride: int) -> dict:
@@ -272,8 +228,8 @@ def _consts(hidden: int, channels: int, num_coords: int, stride: int) -> dict:
         CIN=c_in,
         C=channels,
         NC=num_coords,
-        HP=_next_pow2(hidden),
-        CINP=_next_pow2(c_in),
+        HP=next_pow2(hidden),
+        CINP=next_pow2(c_in),
         BLOCK_N=BLOCK_N,
     )
 
@@ -323,7 +279,7 @@ def launch_backward(
         return d_params, d_feats
     tensors = (params, feats, locations, soi)
     num_blocks = triton.cdiv(hw, BLOCK_N)
-    target = _target_programs(device)
+    target = target_programs(device)
     splits = max(1, min(num_blocks, triton.cdiv(target, num_q)))
     part = torch.empty(splits, num_q, num_p, dtype=torch.float32, device=device)
     _params_grad_kernel[(num_q, splits)](
@@ -371,7 +327,8 @@ class TritonDenseMaskHead(torch.autograd.Function):
         consts: dict,
     ) -> Tensor:
         params, feats = params.detach(), feats.detach()
-        out = launch_forward(params, feats, locations, soi, im_inds, width, consts)
+        with on_device(feats.device):
+            out = launch_forward(params, feats, locations, soi, im_inds, width, consts)
         ctx.save_for_backward(params, feats, locations, soi, im_inds)
         ctx.width, ctx.consts = width, consts
         return out
@@ -381,30 +338,20 @@ class TritonDenseMaskHead(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         params, feats, locations, soi, im_inds = ctx.saved_tensors
         need_feats = ctx.needs_input_grad[1]
-        d_params, d_feats = launch_backward(
-            params,
-            feats,
-            locations,
-            soi,
-            im_inds,
-            grad_out.float().contiguous(),
-            ctx.width,
-            ctx.consts,
-            need_feats,
-        )
+        with on_device(feats.device):
+            d_params, d_feats = launch_backward(
+                params,
+                feats,
+                locations,
+                soi,
+                im_inds,
+                grad_out.float().contiguous(),
+                ctx.width,
+                ctx.consts,
+                need_feats,
+            )
         d_feats = d_feats.to(feats.dtype) if need_feats else None
         return (d_params.to(params.dtype), d_feats) + (None,) * 5
-
-
-def _check_shapes(layer_shapes: Sequence[Tuple[int, int]], c_in: int) -> int:
-    shapes = [tuple(s) for s in layer_shapes]
-    hidden = shapes[0][0] if shapes else 0
-    if shapes != [(hidden, c_in), (hidden, hidden), (1, hidden)]:
-        raise NotImplementedError(
-            f"the triton kernel handles 3 layers (H, {c_in}), (H, H), (1, H); got {shapes}: "
-            "use impl='tiled'"
-        )
-    return hidden
 
 
 def _kernel_dtype(t: Tensor) -> Tensor:
@@ -424,20 +371,11 @@ def triton_dense_mask_logits(
     use_rel_coords: bool = True,
 ) -> Tensor:
     """``dense_mask_logits`` with the fused kernels; CUDA tensors only (see module doc)."""
-    if triton is None:
-        raise RuntimeError(
-            f"impl='triton' needs triton, which failed to import: "
-            f"{TRITON_IMPORT_ERROR!r}; use impl='tiled'"
-        )
-    if not INTERPRET and not (params.is_cuda and mask_feats.is_cuda):
-        raise ValueError(
-            "impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before "
-            "importing iuq_d2.layers.dense_mask_head_triton); use impl='tiled'"
-        )
+    check_triton_inputs(params, mask_feats)
     num_images, channels, h, w = mask_feats.shape
     num_q = params.shape[0]
     num_coords = 2 if use_rel_coords else 0
-    hidden = _check_shapes(layer_shapes, num_coords + channels)
+    hidden = check_three_layers(layer_shapes, num_coords + channels)
     if params.shape[1] != sum(o * i + o for o, i in layer_shapes):
         raise ValueError(f"expected {sum(o * i + o for o, i in layer_shapes)} params per query")
     feats = _kernel_dtype(mask_feats).reshape(num_images, channels, h * w)

@@ -2,9 +2,9 @@
 """Mask-error budget of checkpoints: their mask AP with oracle-corrected masks (neighbours'
 cells removed, all spill removed, ground-truth masks), and where their predicted foreground
 lies. The ``no_neighbours`` gain bounds what instance uniqueness can add to a checkpoint's
-masks directly (``iuq_d2.evaluation.mask_oracle``).
+masks directly (``tools/mask_oracle.py``).
 
-    python benchmarks/mask_oracle.py --config-file configs/Demo/shapes_CondInst.yaml \
+    python -m tools.measure_mask_oracle --config-file configs/Demo/shapes_CondInst.yaml \
         --weights output/ablation_v2/shapes/CondInst_seed{1,2,3}/model_final.pth \
         --out benchmarks/results/mask_oracle_shapes.json [KEY VALUE ...]
 """
@@ -23,14 +23,8 @@ from detectron2.modeling import build_model
 
 from iuq_d2.data import CondInstDatasetMapper
 from iuq_d2.engine.config_loader import load_config
-from iuq_d2.evaluation import (
-    ORACLES,
-    encode_image,
-    ground_truth_masks,
-    map_for_evaluation,
-    oracle_aps,
-)
-from iuq_d2.evaluation.mask_oracle import FAR_PIXELS, SpillStats
+from tools.mask_oracle import FAR_PIXELS, ORACLES, SpillStats, ground_truth_masks, oracle_aps
+from tools.mechanism import encode_image, map_for_evaluation
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

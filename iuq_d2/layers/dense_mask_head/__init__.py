@@ -1,0 +1,81 @@
+"""The dynamic mask head on whole feature maps, and the one place that picks its implementation.
+
+Every query q runs its own small MLP (parameters ``params[q]``, AdelaiDet's layout, see
+``dynamic_mlp``) on its image's mask features, optionally preceded by the relative coordinates
+``(locations[q] - p) / soi[q]`` of every FCOS cell centre p. The output is the [Q, 1, H, W]
+logits at the stride of the features; upsampling stays with the caller.
+
+* ``reference``: AdelaiDet's math, [Q, 2 + C, HW] inputs and every activation kept;
+* ``tiled``: queries grouped by image in chunks, activations recomputed in the backward;
+* ``triton_kernels``: fused kernels for the 3-layer head on CUDA (``triton`` is optional).
+"""
+
+from typing import Optional, Sequence, Tuple
+
+from torch import Tensor
+
+from ..triton_support import three_layer_hidden, triton_available
+from .reference import reference_dense_mask_logits
+from .tiled import tiled_dense_mask_logits
+from .triton_kernels import triton_dense_mask_logits
+
+IMPLS = ("auto", "reference", "tiled", "triton")
+
+
+def resolve_impl(
+    impl: str, mask_feats: Tensor, layer_shapes: Sequence[Tuple[int, int]], use_rel_coords: bool
+) -> str:
+    """``impl``, or for "auto" the Triton kernels where they run and support the head (CUDA,
+    Triton importable, three layers), the tiled path elsewhere."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    c_in = mask_feats.shape[1] + (2 if use_rel_coords else 0)
+    supported = three_layer_hidden(layer_shapes, c_in) is not None
+    if mask_feats.is_cuda and triton_available() and supported:
+        return "triton"
+    return "tiled"
+
+
+def dense_mask_logits(
+    mask_feats: Tensor,
+    params: Tensor,
+    im_inds: Tensor,
+    locations: Tensor,
+    soi: Tensor,
+    stride: int,
+    layer_shapes: Sequence[Tuple[int, int]],
+    use_rel_coords: bool = True,
+    impl: str = "auto",
+    chunk_elems: Optional[int] = None,
+) -> Tensor:
+    """Mask logits [Q, 1, H, W] of every query's dynamic MLP on its own image's features.
+
+    Args:
+        mask_feats: [B, C, H, W] mask-branch features at ``stride`` (get gradient).
+        params: [Q, P] dynamic parameters in AdelaiDet's layout (get gradient).
+        im_inds: [Q] int64 image of each query, in [0, B).
+        locations: [Q, 2] (x, y) input pixel of each query; soi: [Q] size of interest of its
+            FPN level. Neither gets gradient.
+        stride: of ``mask_feats``; the relative coordinates of cell p are
+            ``(locations[q] - fcos_cell_center(p)) / soi[q]``.
+        layer_shapes: (out, in) per layer, the first taking ``2 + C`` inputs when
+            ``use_rel_coords`` else ``C``.
+        impl: "reference", "tiled", "triton" (CUDA tensors only) or "auto" (triton on CUDA
+            when it imports and supports ``layer_shapes``, else tiled).
+        chunk_elems: tiled path only: about how many floats one [queries, hidden, HW] chunk of
+            activations holds.
+    Returns:
+        [Q, 1, H, W] logits; [0, 1, H, W] (still in the graph) without queries.
+    """
+    impl = resolve_impl(impl, mask_feats, layer_shapes, use_rel_coords)
+    args = (mask_feats, params, im_inds, locations, soi, int(stride), layer_shapes, use_rel_coords)
+    if impl == "reference":
+        return reference_dense_mask_logits(*args)
+    if impl == "tiled":
+        return tiled_dense_mask_logits(*args, chunk_elems=chunk_elems)
+    return triton_dense_mask_logits(*args)
+
+
+__all__ = ["IMPLS", "dense_mask_logits", "reference_dense_mask_logits", "tiled_dense_mask_logits"]

@@ -1,0 +1,111 @@
+"""The inter-scene (dataset-level) uniqueness loss, and the one place that picks its
+implementation.
+
+Every query's dynamic mask head is evaluated on instance pixels ("entries") of *other* images;
+each such pair is a negative, penalised with a sigmoid focal loss against target 0 (the
+paper's). The implementations share the pair weights (``pairs``) and the folding of the
+relative coordinates into the first layer (``dynamic_mlp.fold_dynamic_params``):
+
+* ``reference``: the plain PyTorch graph with [Q, hidden, N] intermediates;
+* ``tiled``: entries in chunks, gradients computed during the forward, any device;
+* ``triton_kernels``: a fused kernel for the 3-layer head on CUDA (``triton`` is optional).
+"""
+
+from typing import List, Optional, Tuple
+
+from torch import Tensor
+
+from ..triton_support import three_layer_hidden, triton_available
+from .pairs import NORMALIZATIONS, InterSceneStats, focal_and_grad, inter_scene_weights
+from .reference import reference_inter_scene_focal_loss, reference_pair_logits
+from .tiled import tiled_inter_scene_focal_loss
+from .triton_kernels import triton_inter_scene_focal_loss
+
+IMPLS = ("auto", "reference", "tiled", "triton")
+
+
+def resolve_impl(impl: str, params: Tensor, layer_shapes: List[Tuple[int, int]], c_in: int) -> str:
+    """``impl``, or for "auto" the Triton kernel where it runs and supports the head (CUDA,
+    Triton importable, three layers), the tiled path elsewhere."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    supported = three_layer_hidden(layer_shapes, c_in) is not None
+    if params.is_cuda and triton_available() and supported:
+        return "triton"
+    return "tiled"
+
+
+def inter_scene_focal_loss(
+    params: Tensor,
+    query_anchors: Tensor,
+    query_soi: Tensor,
+    query_images: Tensor,
+    pixel_feats: Tensor,
+    pixel_anchors: Tensor,
+    pixel_images: Tensor,
+    layer_shapes: List[Tuple[int, int]],
+    use_rel_coords: bool = True,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    normalization: str = "pairs",
+    impl: str = "auto",
+    chunk_elems: Optional[int] = None,
+) -> Tuple[Tensor, InterSceneStats]:
+    """Focal loss (target 0) of every query on every entry of another image.
+
+    The relative coordinates of the pair (q, n) are ``(query_anchors[q] - pixel_anchors[n]) /
+    query_soi[q]``; the caller picks the anchors that implement "instance_centered" or
+    "overlay" placement.
+
+    Args:
+        params: [Q, P] dynamic mask head parameters of the queries (get gradient).
+        query_anchors: [Q, 2]; query_soi: [Q] size of interest of each query's FPN level;
+        query_images: [Q] int64 id of each query's source image.
+        pixel_feats: [N, C] mask features; pixel_anchors: [N, 2]; pixel_images: [N] int64.
+            Entries, anchors and sizes of interest are constants (no gradient).
+        layer_shapes: (out, in) per dynamic layer, the first taking ``2 + C`` inputs when
+            ``use_rel_coords`` else ``C``.
+        normalization: "pairs" (mean over valid pairs) or "query_image" (the paper's; see
+            ``inter_scene_weights``).
+        impl: "reference", "tiled", "triton" (CUDA tensors only) or "auto".
+        chunk_elems: tiled path only: about how many floats one [Q, hidden, T] chunk holds.
+    Returns:
+        the loss (0 with the graph kept when no pair is valid) and statistics without gradient.
+    """
+    pixel_feats = pixel_feats.detach()
+    c_in = pixel_feats.shape[1] + (2 if use_rel_coords else 0)
+    impl = resolve_impl(impl, params, layer_shapes, c_in)
+    args = (
+        params,
+        query_anchors,
+        query_soi,
+        query_images,
+        pixel_feats,
+        pixel_anchors,
+        pixel_images,
+        layer_shapes,
+        use_rel_coords,
+        alpha,
+        gamma,
+        normalization,
+    )
+    if impl == "reference":
+        return reference_inter_scene_focal_loss(*args)
+    if impl == "tiled":
+        return tiled_inter_scene_focal_loss(*args, chunk_elems=chunk_elems)
+    return triton_inter_scene_focal_loss(*args)
+
+
+__all__ = [
+    "IMPLS",
+    "NORMALIZATIONS",
+    "InterSceneStats",
+    "focal_and_grad",
+    "inter_scene_focal_loss",
+    "inter_scene_weights",
+    "reference_inter_scene_focal_loss",
+    "reference_pair_logits",
+    "tiled_inter_scene_focal_loss",
+]
