@@ -83,6 +83,17 @@ IMS8_W025_OFF_FOOTPRINT = (
     + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
     + OFF_FOOTPRINT
 )
+# BoxInst trained from the boxes alone (its mapper reads no masks), evaluated on the true masks:
+# what configs/Demo/shapes_BoxInst.yaml changes in the demo config (64 proposals per image, a
+# 16-channel mask branch, the pairwise warm-up at AdelaiDet's share of the schedule, no bottom
+# rows removed). On the cells recipe (1400 iterations) pass MODEL.BOXINST.PAIRWISE.WARMUP_ITERS 150
+# as configs/Demo/cells_BoxInst.yaml does.
+BOXINST = [
+    *("MODEL.META_ARCHITECTURE", "CondInst", "MODEL.BOXINST.ENABLED", "True"),
+    *("MODEL.CONDINST.MAX_PROPOSALS", "-1", "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM", "64"),
+    *("MODEL.CONDINST.MASK_BRANCH.OUT_CHANNELS", "16", "MODEL.BOXINST.BOTTOM_PIXELS_REMOVED", "0"),
+    *("MODEL.BOXINST.PAIRWISE.WARMUP_ITERS", "300"),
+]
 # Embedded datasets: (train, val, number of classes).
 DATASETS = {"shapes": ("shapes_train", "shapes_val", 4), "cells": ("cells_train", "cells_val", 2)}
 
@@ -100,6 +111,7 @@ def equi_weights(query: float, feat: float):
 
 VARIANTS = {
     "CondInst": ["MODEL.META_ARCHITECTURE", "CondInst"],
+    "BoxInst": BOXINST,
     # What the demo's IUQ config trains: the bank with every MODEL.IUQ.INTER key at its current
     # default (this one follows the defaults, on purpose), no equivariance views.
     "IUQ (defaults)": DEFAULT_BANK,

@@ -16,7 +16,7 @@ from detectron2.structures import BoxMode
 
 from .coco_validation import check_coco, coco_thing_classes, read_json
 
-__all__ = ["coco_dataset_dicts", "load_coco_json_checked"]
+__all__ = ["coco_dataset_dicts", "first_maskless_annotation", "load_coco_json_checked"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ def coco_dataset_dicts(
     train an instance mask: an empty box (width or height <= 0) or no segmentation. One warning
     counts them. Images left without annotations are kept; DATALOADER.FILTER_EMPTY_ANNOTATIONS
     decides about them.
+
+    A json in which no non-crowd annotation has a segmentation is a box-only dataset: its
+    annotations are kept without masks, for box-supervised training (MODEL.BOXINST.ENABLED);
+    set-up refuses it for a mask-supervised model (``datasets.choose_mask_format``).
     """
     if not checked:
         check_coco(data, json_file)
@@ -64,9 +68,10 @@ def coco_dataset_dicts(
     for ann in data["annotations"]:
         annotations[ann["image_id"]].append(ann)
     skipped = {"empty box": 0, "no polygon": 0}
+    box_only = first_maskless_annotation(data) is not None
     dataset_dicts = []
     for image in sorted(data["images"], key=lambda image: image["id"]):
-        objs = (_instance(ann, id_map, skipped) for ann in annotations[image["id"]])
+        objs = (_instance(ann, id_map, skipped, box_only) for ann in annotations[image["id"]])
         dataset_dicts.append(
             {
                 "file_name": os.path.join(image_root, image["file_name"]),
@@ -77,6 +82,8 @@ def coco_dataset_dicts(
             }
         )
     logger.info(f"Loaded {len(dataset_dicts)} images in COCO format from {json_file}")
+    if box_only:
+        logger.info(f"'{json_file}' has boxes and no masks: loaded for box-supervised training")
     if any(skipped.values()):
         logger.warning(
             f"'{json_file}': skipped {skipped['empty box']} annotations with an empty box (width "
@@ -85,11 +92,27 @@ def coco_dataset_dicts(
     return dataset_dicts
 
 
+def first_maskless_annotation(data: Any) -> Optional[Dict[str, Any]]:
+    """In parsed COCO json ``data`` that is box-only (no non-crowd annotation has a
+    segmentation), its first non-crowd annotation; None for any other json."""
+    first = None
+    for ann in data["annotations"]:
+        if ann.get("iscrowd", 0):
+            continue
+        if ann.get("segmentation"):
+            return None
+        first = first or ann
+    return first
+
+
 def _instance(
-    ann: Dict[str, Any], id_map: Optional[Dict[Any, int]], skipped: Dict[str, int]
+    ann: Dict[str, Any],
+    id_map: Optional[Dict[Any, int]],
+    skipped: Dict[str, int],
+    box_only: bool = False,
 ) -> Optional[Dict[str, Any]]:
     """The dataset-dict annotation of ``ann``, or None (counted in ``skipped``) when it is
-    dropped."""
+    dropped. In a ``box_only`` json an annotation without segmentation is kept (a box)."""
     obj = {key: ann[key] for key in _ANNOTATION_KEYS if key in ann}
     segmentation = ann.get("segmentation")
     if segmentation:
@@ -106,7 +129,7 @@ def _instance(
         if obj["bbox"][2] <= 0 or obj["bbox"][3] <= 0:
             skipped["empty box"] += 1
             return None
-        if "segmentation" not in obj:
+        if "segmentation" not in obj and not box_only:
             skipped["no polygon"] += 1
             return None
     obj["bbox_mode"] = BoxMode.XYWH_ABS

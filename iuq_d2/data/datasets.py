@@ -11,7 +11,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .coco_loader import coco_dataset_dicts
+from .coco_loader import coco_dataset_dicts, first_maskless_annotation
 from .coco_validation import check_coco, coco_thing_classes, read_json
 
 __all__ = [
@@ -79,6 +79,11 @@ class CustomCocoLoader:
             check_coco(data, self.json_file)
             self._checked = True
         return coco_mask_encodings(data)
+
+    def first_maskless_annotation(self) -> Optional[Dict[str, Any]]:
+        """The first non-crowd annotation of a box-only json (none has a segmentation), else
+        None (see :func:`coco_loader.first_maskless_annotation`)."""
+        return first_maskless_annotation(self._kept_parse())
 
     def __call__(self) -> List[Dict[str, Any]]:
         data, checked = self._kept_parse(), self._checked
@@ -174,6 +179,22 @@ def _mask_encodings(name: str) -> Optional[FrozenSet[str]]:
     return None if encodings is None else frozenset(encodings)
 
 
+def _check_has_masks(name: str) -> None:
+    """Raise a ValueError naming dataset ``name`` and its first annotation if it is a box-only
+    ``DATASETS.CUSTOM_COCO`` dataset."""
+    loader = DatasetCatalog[name]
+    ann = loader.first_maskless_annotation() if isinstance(loader, CustomCocoLoader) else None
+    if ann is None:
+        return
+    raise ValueError(
+        f"Dataset '{name}' in DATASETS.TRAIN has boxes and no masks (its first annotation, "
+        f"id {ann.get('id')!r} of image_id {ann.get('image_id')!r} in '{loader.json_file}', "
+        "has no 'segmentation'), but the model trains on instance masks (MODEL.MASK_ON). Set "
+        "MODEL.BOXINST.ENABLED True to train BoxInst on its boxes (configs/BoxInst), or add "
+        "masks to the json."
+    )
+
+
 def choose_mask_format(cfg: CfgNode) -> None:
     """Set INPUT.MASK_FORMAT to "bitmask" when a dataset of DATASETS.TRAIN has RLE masks, which
     "polygon" cannot hold (the loader would fail in a worker); log the choice.
@@ -186,8 +207,15 @@ def choose_mask_format(cfg: CfgNode) -> None:
     entry of its metadata (the built-in ones: polygons). A dataset with neither is left out;
     RLE masks of one fail in the mapper, with an error naming INPUT.MASK_FORMAT.
     Runs after :func:`check_num_classes`, which checks that the datasets are registered.
+
+    A box-only ``DATASETS.CUSTOM_COCO`` training dataset (no annotation has a mask) is refused
+    for a mask-supervised model (MODEL.MASK_ON without MODEL.BOXINST.ENABLED), with the
+    dataset's name and its first annotation.
     """
     train = {name: _mask_encodings(name) for name in cfg.DATASETS.TRAIN}
+    if cfg.MODEL.MASK_ON and not cfg.MODEL.BOXINST.ENABLED:
+        for name in train:
+            _check_has_masks(name)
     # Test loaders make no instances, but a malformed test json should fail here all the same.
     for name in cfg.DATASETS.TEST:
         if name not in train:

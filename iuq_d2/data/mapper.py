@@ -48,8 +48,12 @@ class CondInstDatasetMapper(DatasetMapper):
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> Dict[str, Any]:
         """detectron2's arguments, less the training flip where INPUT.HFLIP_TRAIN (AdelaiDet's
-        switch) is False."""
+        switch) is False, and without masks for BoxInst (MODEL.BOXINST.ENABLED), which trains
+        on boxes: its instances carry none, and a crop keeps the cropped boxes, as AdelaiDet's."""
         ret = super().from_config(cfg, is_train)
+        if cfg.MODEL.BOXINST.ENABLED:
+            ret["use_instance_mask"] = False
+            ret["recompute_boxes"] = False
         if is_train and not cfg.INPUT.HFLIP_TRAIN:
             ret["augmentations"] = [
                 a for a in ret["augmentations"] if not isinstance(a, T.RandomFlip)
@@ -91,6 +95,12 @@ class CondInstDatasetMapper(DatasetMapper):
         for obj in annotations:
             if obj.get("iscrowd", 0):
                 continue
+            if self.use_instance_mask and "segmentation" not in obj:
+                raise ValueError(
+                    f"An annotation (bbox {obj.get('bbox')}) has no 'segmentation', but the "
+                    "model trains on instance masks (MODEL.MASK_ON): set MODEL.BOXINST.ENABLED "
+                    "True to train BoxInst on boxes, or add masks to the dataset"
+                )
             obj = _copy_for_transform(obj)
             if not self.use_instance_mask:
                 obj.pop("segmentation", None)
@@ -131,7 +141,11 @@ class CondInstDatasetMapper(DatasetMapper):
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         annotations = dataset_dict.pop("annotations", None)
         if self.is_train and annotations is not None:
-            dataset_dict["instances"] = self.annotations_to_instances(
-                annotations, transforms, image.shape[:2]
-            )
+            try:
+                dataset_dict["instances"] = self.annotations_to_instances(
+                    annotations, transforms, image.shape[:2]
+                )
+            except ValueError as e:
+                name, image_id = dataset_dict["file_name"], dataset_dict.get("image_id")
+                raise ValueError(f"image '{name}' (image_id {image_id!r}): {e}") from e
         return dataset_dict

@@ -15,6 +15,7 @@ from ...layers.dynamic_mlp import last_layer_scale
 from ...layers.losses import dice_from_terms
 from ...layers.mask_dice import chunked_upsampled_dice_terms, upsampled_dice_terms
 from ...layers.upsample import aligned_bilinear
+from .boxinst import BoxInstCriterion
 from .dynamic_mask_head import DynamicMaskHead
 from .mask_branch import MaskBranch
 
@@ -70,6 +71,7 @@ class CondInst(nn.Module):
         pixel_std: List[float],
         max_proposals: int,
         topk_proposals_per_im: int,
+        boxinst: Optional[BoxInstCriterion] = None,
         mask_threshold: float = 0.5,
         channels_last: bool = False,
         mask_logit_temperature: float = 1.0,
@@ -86,6 +88,8 @@ class CondInst(nn.Module):
         self.max_proposals = max_proposals
         self.topk_proposals_per_im = topk_proposals_per_im
         self.mask_threshold = mask_threshold
+        # BoxInst's losses in place of the mask loss (MODEL.BOXINST.ENABLED); None: CondInst.
+        self.boxinst = boxinst
         # Not buffers: AdelaiDet's checkpoints hold no pixel_mean/pixel_std.
         self._pixel_mean = torch.tensor(pixel_mean).view(-1, 1, 1)
         self._pixel_std = torch.tensor(pixel_std).view(-1, 1, 1)
@@ -123,7 +127,17 @@ class CondInst(nn.Module):
                 f"MODEL.CONDINST.MASK_OUT_STRIDE ({condinst.MASK_OUT_STRIDE}) must "
                 f"divide the mask branch stride ({mask_branch.out_stride})"
             )
+        boxinst = None
+        if cfg.MODEL.BOXINST.ENABLED:
+            if cls is not CondInst:
+                raise ValueError(
+                    "MODEL.BOXINST.ENABLED trains plain CondInst (MODEL.META_ARCHITECTURE "
+                    f"'CondInst'), not {cls.__name__}: IUQ's terms are defined for mask "
+                    "supervision (docs/method.md)"
+                )
+            boxinst = BoxInstCriterion.from_config(cfg)
         return {
+            "boxinst": boxinst,
             "backbone": backbone,
             "proposal_generator": build_proposal_generator(cfg, shapes),
             "mask_branch": mask_branch,
@@ -168,7 +182,10 @@ class CondInst(nn.Module):
     def prepare_targets(self, batched_inputs: List[dict], images: ImageList) -> List[Instances]:
         """Move the ground truth to the device and rasterise its masks on the padded canvas:
         ``gt_bitmasks_full`` [G, H, W] (uint8) and ``gt_bitmasks`` [G, H/s, W/s] (float) sampled
-        at the centres of the ``MASK_OUT_STRIDE`` cells."""
+        at the centres of the ``MASK_OUT_STRIDE`` cells. BoxInst rasterises the boxes
+        instead (:meth:`prepare_box_targets`)."""
+        if self.boxinst is not None:
+            return self.prepare_box_targets(batched_inputs, images)
         stride = self.mask_head.mask_out_stride
         padded_h, padded_w = images.tensor.shape[-2:]
         targets = []
@@ -183,7 +200,8 @@ class CondInst(nn.Module):
             if not inst.has("gt_masks"):
                 raise KeyError(
                     f"training input {index} (file {x.get('file_name', '?')}) has no "
-                    "gt_masks; CondInst needs instance masks (MODEL.MASK_ON)"
+                    "gt_masks; CondInst needs instance masks (MODEL.MASK_ON), BoxInst "
+                    "(MODEL.BOXINST.ENABLED) only boxes"
                 )
             masks = inst.gt_masks
             if isinstance(masks, PolygonMasks):
@@ -204,6 +222,27 @@ class CondInst(nn.Module):
             targets.append(inst)
         return targets
 
+    def prepare_box_targets(self, batched_inputs: List[dict], images: ImageList) -> List[Instances]:
+        """BoxInst's ground truth: the instances on the device with their boxes' masks as
+        ``gt_bitmasks_full`` and ``gt_bitmasks`` and their image's colour similarity
+        (:meth:`BoxInstCriterion.add_targets`), from the unnormalised images padded with
+        zeros to the size of ``images``."""
+        raw = torch.zeros(images.tensor.shape, dtype=torch.uint8, device=self.device)
+        targets = []
+        for index, (x, (h, w)) in enumerate(zip(batched_inputs, images.image_sizes)):
+            if "instances" not in x:
+                raise KeyError(
+                    f"training input {index} (file {x.get('file_name', '?')}) has no "
+                    "'instances'; the dataset mapper must be built with is_train=True"
+                )
+            raw[index, :, :h, :w] = x["image"].to(self.device, torch.uint8)
+            targets.append(x["instances"].to(self.device))
+        heights = [x.get("height", h) for x, (h, _) in zip(batched_inputs, images.image_sizes)]
+        self.boxinst.add_targets(
+            targets, raw, images.image_sizes, heights, self.mask_head.mask_out_stride
+        )
+        return targets
+
     def forward_train(
         self, images: ImageList, gt_instances: List[Instances]
     ) -> CondInstTrainOutputs:
@@ -214,9 +253,27 @@ class CondInst(nn.Module):
         )
         losses.update(fcos_losses)
         queries = self.sample_queries(positives, gt_instances)
-        losses["loss_mask"], mask_dice = self.mask_loss_and_terms(mask_feats, queries, gt_instances)
+        if self.boxinst is None:
+            losses["loss_mask"], mask_dice = self.mask_loss_and_terms(
+                mask_feats, queries, gt_instances
+            )
+        else:
+            losses.update(self.box_losses(mask_feats, queries, gt_instances))
+            mask_dice = None
         self.mask_head._iter += 1
         return CondInstTrainOutputs(losses, mask_feats, queries, mask_dice)
+
+    def box_losses(
+        self, mask_feats: Tensor, queries: Instances, gt_instances: List[Instances]
+    ) -> Dict[str, Tensor]:
+        """BoxInst's ``loss_prj`` and ``loss_pairwise`` of the queries' masks at the mask
+        output stride (:meth:`BoxInstCriterion.losses`)."""
+        if len(queries) == 0:
+            # Keep every parameter in the graph so DDP's gradient reduction stays in step.
+            zero = mask_feats.sum() * 0.0 + queries.mask_head_params.sum() * 0.0
+            return {"loss_prj": zero, "loss_pairwise": zero}
+        logits = self.mask_head(mask_feats, self.mask_branch.out_stride, queries)
+        return self.boxinst.losses(logits, queries.gt_inds, gt_instances, self.mask_head._iter)
 
     def sample_queries(self, positives: Instances, gt_instances: List[Instances]) -> Instances:
         """The positives whose dynamic heads the mask loss trains: all of them, a random subset
