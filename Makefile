@@ -25,7 +25,7 @@ PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.iuq_d2-installed
 endif
 
-.PHONY: install demo test lint bench clean distclean
+.PHONY: install mmdet-stack demo test lint bench clean distclean
 
 install: $(STAMP)
 
@@ -45,10 +45,28 @@ $(STAMP): setup.py scripts/install_detectron2.py Makefile $(wildcard iuq_d2/__in
 	@mkdir -p $(@D)
 	@touch $@
 
+# mmdetection for tests/test_mmdet_parity.py only, in a folder of its own that the test alone
+# puts on its path (after the environment's packages). --no-deps: pip replaces none of our torch,
+# numpy or opencv; the list is what importing mmdet's models needs beyond the environment.
+MMDET_STACK := .mmdet-stack
+MMDET_STACK_SPEC := mmdet==3.3.0 mmengine==0.10.7 mmcv-lite==2.1.0 scipy==1.17.1 six==1.17.0 \
+	addict==2.4.0 yapf==0.43.0 platformdirs==4.14.9 rich==15.0.0 markdown-it-py==4.3.0 \
+	mdurl==0.1.2 pygments==2.21.0
+# The stamp names the spec, so that a changed list reinstalls.
+MMDET_STAMP := $(MMDET_STACK)/.installed-$(shell echo '$(MMDET_STACK_SPEC)' | cksum | cut -d' ' -f1)
+
+mmdet-stack: $(MMDET_STAMP)
+
+$(MMDET_STAMP): | $(STAMP)
+	rm -rf $(MMDET_STACK) $(MMDET_STACK).tmp
+	$(PY) -m pip install --no-deps --target $(MMDET_STACK).tmp $(MMDET_STACK_SPEC)
+	mv $(MMDET_STACK).tmp $(MMDET_STACK)
+	@touch $@
+
 demo: install
 	$(PY) -m iuq_d2.demo
 
-test: install
+test: install mmdet-stack
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -ra $(PYTEST_ARGS) tests/triton_interp
 
@@ -67,5 +85,5 @@ clean:
 
 # Removes $(VENV) only if it is a venv (has pyvenv.cfg): never a user's conda env.
 distclean: clean
-	rm -rf .iuq_d2-stamps
+	rm -rf .iuq_d2-stamps $(MMDET_STACK)
 	if [ -f "$(VENV)/pyvenv.cfg" ]; then rm -rf "$(VENV)"; fi

@@ -60,6 +60,11 @@ class FCOS(nn.Module):
         pre_nms_topk: int,
         post_nms_topk: int,
         nms_thresh: float,
+        pre_nms_rank_with_ctr: bool = True,
+        clip_boxes_before_nms: bool = False,
+        min_box_size: float = -1.0,
+        sqrt_score: bool = True,
+        post_nms_keep_ties: bool = True,
     ):
         super().__init__()
         self.fcos_head = fcos_head
@@ -78,6 +83,11 @@ class FCOS(nn.Module):
         self.pre_nms_topk = pre_nms_topk
         self.post_nms_topk = post_nms_topk
         self.nms_thresh = nms_thresh
+        self.pre_nms_rank_with_ctr = pre_nms_rank_with_ctr
+        self.clip_boxes_before_nms = clip_boxes_before_nms
+        self.min_box_size = min_box_size
+        self.sqrt_score = sqrt_score
+        self.post_nms_keep_ties = post_nms_keep_ties
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -120,6 +130,11 @@ class FCOS(nn.Module):
             "pre_nms_topk": fcos.PRE_NMS_TOPK_TEST,
             "post_nms_topk": fcos.POST_NMS_TOPK_TEST,
             "nms_thresh": fcos.NMS_TH,
+            "pre_nms_rank_with_ctr": fcos.PRE_NMS_RANK_WITH_CTR,
+            "clip_boxes_before_nms": fcos.CLIP_BOXES_BEFORE_NMS,
+            "min_box_size": fcos.MIN_BOX_SIZE_TEST,
+            "sqrt_score": fcos.SQRT_SCORE_TEST,
+            "post_nms_keep_ties": fcos.POST_NMS_KEEP_TIES,
         }
 
     def forward(
@@ -222,20 +237,24 @@ class FCOS(nn.Module):
             keep = batched_nms(
                 merged.pred_boxes.tensor, merged.scores, merged.pred_classes, self.nms_thresh
             )
-            results.append(keep_top_scoring(merged[keep], self.post_nms_topk))
+            merged = merged[keep]
+            if self.post_nms_keep_ties:
+                results.append(keep_top_scoring(merged, self.post_nms_topk))
+            else:
+                # batched_nms returns the kept boxes by decreasing score.
+                results.append(merged[: self.post_nms_topk] if self.post_nms_topk > 0 else merged)
         return results
 
     def _predict_level(self, level, logits, bbox_reg, ctrness, top_feats, locations, image_sizes):
+        """One level's candidates per image: those above the score threshold, at most
+        PRE_NMS_TOPK_TEST of them, with their boxes in input pixels."""
         num_images, num_classes = logits.shape[:2]
         stride = self.strides[level]
-        scores = logits.sigmoid().permute(0, 2, 3, 1).reshape(num_images, -1, num_classes)
+        cls_scores = logits.sigmoid().permute(0, 2, 3, 1).reshape(num_images, -1, num_classes)
         ctr = ctrness.sigmoid().reshape(num_images, -1, 1)
         distances = bbox_reg.permute(0, 2, 3, 1).reshape(num_images, -1, 4) * stride
-        if self.thresh_with_ctr:
-            scores = scores * ctr
-        candidates = scores > self.score_thresh
-        if not self.thresh_with_ctr:
-            scores = scores * ctr
+        scores = cls_scores * ctr
+        candidates = (scores if self.thresh_with_ctr else cls_scores) > self.score_thresh
         params = None
         if top_feats is not None:
             params = top_feats.permute(0, 2, 3, 1).reshape(num_images, -1, top_feats.shape[1])
@@ -245,8 +264,9 @@ class FCOS(nn.Module):
             cand_scores = scores[i][candidates[i]]
             loc_inds, classes = torch.nonzero(candidates[i], as_tuple=True)
             if cand_scores.numel() > self.pre_nms_topk:
-                cand_scores, top = cand_scores.topk(self.pre_nms_topk, sorted=False)
-                loc_inds, classes = loc_inds[top], classes[top]
+                ranked = cand_scores if self.pre_nms_rank_with_ctr else cls_scores[i][candidates[i]]
+                _, top = ranked.topk(self.pre_nms_topk, sorted=False)
+                cand_scores, loc_inds, classes = cand_scores[top], loc_inds[top], classes[top]
             xy = locations[loc_inds]
             d = distances[i, loc_inds]
             boxes = torch.stack(
@@ -255,11 +275,15 @@ class FCOS(nn.Module):
             )
             inst = Instances(image_sizes[i])
             inst.pred_boxes = Boxes(boxes)
-            inst.scores = torch.sqrt(cand_scores)
+            if self.clip_boxes_before_nms:
+                inst.pred_boxes.clip(image_sizes[i])
+            inst.scores = torch.sqrt(cand_scores) if self.sqrt_score else cand_scores
             inst.pred_classes = classes
             inst.locations = xy
             inst.fpn_levels = torch.full_like(classes, level)
             if params is not None:
                 inst.mask_head_params = params[i, loc_inds]
+            if self.min_box_size >= 0:
+                inst = inst[inst.pred_boxes.nonempty(threshold=self.min_box_size)]
             results.append(inst)
         return results

@@ -1,0 +1,17 @@
+"""Checkpoints of other code bases, converted to iuq_d2's parameter names."""
+
+from .mmdetection import (
+    MMDET_CONDINST_NUM_LEVELS,
+    convert_mmdet_condinst,
+    mmdet_condinst_key_pairs,
+    read_mmdet_state_dict,
+    resnet_key_pairs,
+)
+
+__all__ = [
+    "MMDET_CONDINST_NUM_LEVELS",
+    "convert_mmdet_condinst",
+    "mmdet_condinst_key_pairs",
+    "read_mmdet_state_dict",
+    "resnet_key_pairs",
+]
