@@ -55,6 +55,24 @@ def three_layer_hidden(layer_shapes: Sequence[Tuple[int, int]], c_in: int) -> Op
     return hidden
 
 
+IMPLS = ("auto", "reference", "tiled", "triton")
+
+
+def resolve_impl(
+    impl: str, tensor: torch.Tensor, layer_shapes: Sequence[Tuple[int, int]], c_in: int
+) -> str:
+    """``impl``, or for "auto" the Triton kernels where they run and support the head (a CUDA
+    ``tensor``, Triton importable, three layers), the tiled path elsewhere."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        return impl
+    supported = three_layer_hidden(layer_shapes, c_in) is not None
+    if tensor.is_cuda and triton_available() and supported:
+        return "triton"
+    return "tiled"
+
+
 def check_three_layers(layer_shapes: Sequence[Tuple[int, int]], c_in: int) -> int:
     hidden = three_layer_hidden(layer_shapes, c_in)
     if hidden is None:

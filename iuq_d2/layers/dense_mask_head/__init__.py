@@ -14,28 +14,10 @@ from typing import Optional, Sequence, Tuple
 
 from torch import Tensor
 
-from ..triton_support import three_layer_hidden, triton_available
+from ..triton_support import IMPLS, resolve_impl
 from .reference import reference_dense_mask_logits
 from .tiled import tiled_dense_mask_logits
 from .triton_kernels import triton_dense_mask_logits
-
-IMPLS = ("auto", "reference", "tiled", "triton")
-
-
-def resolve_impl(
-    impl: str, mask_feats: Tensor, layer_shapes: Sequence[Tuple[int, int]], use_rel_coords: bool
-) -> str:
-    """``impl``, or for "auto" the Triton kernels where they run and support the head (CUDA,
-    Triton importable, three layers), the tiled path elsewhere."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl != "auto":
-        return impl
-    c_in = mask_feats.shape[1] + (2 if use_rel_coords else 0)
-    supported = three_layer_hidden(layer_shapes, c_in) is not None
-    if mask_feats.is_cuda and triton_available() and supported:
-        return "triton"
-    return "tiled"
 
 
 def dense_mask_logits(
@@ -69,7 +51,8 @@ def dense_mask_logits(
     Returns:
         [Q, 1, H, W] logits; [0, 1, H, W] (still in the graph) without queries.
     """
-    impl = resolve_impl(impl, mask_feats, layer_shapes, use_rel_coords)
+    c_in = mask_feats.shape[1] + (2 if use_rel_coords else 0)
+    impl = resolve_impl(impl, mask_feats, layer_shapes, c_in)
     args = (mask_feats, params, im_inds, locations, soi, int(stride), layer_shapes, use_rel_coords)
     if impl == "reference":
         return reference_dense_mask_logits(*args)
@@ -78,4 +61,10 @@ def dense_mask_logits(
     return triton_dense_mask_logits(*args)
 
 
-__all__ = ["IMPLS", "dense_mask_logits", "reference_dense_mask_logits", "tiled_dense_mask_logits"]
+__all__ = [
+    "IMPLS",
+    "resolve_impl",
+    "dense_mask_logits",
+    "reference_dense_mask_logits",
+    "tiled_dense_mask_logits",
+]

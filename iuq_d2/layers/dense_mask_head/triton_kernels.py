@@ -43,7 +43,7 @@ if triton is not None:
     from ..triton_support import load_mlp3, mlp3_backward, mlp3_forward, store_mlp3
 
     @triton.jit
-    def _load_inputs(
+    def _load_pixel_inputs(
         feats_ptr,
         loc_ptr,
         soi_ptr,
@@ -102,7 +102,7 @@ if triton is not None:
         mask_n = offs_n < HW
         img = tl.load(img_ptr + q)
         w0, b0, w1, b1, w2, b2 = load_mlp3(params_ptr, q, P, H, CIN, HP, CINP)
-        inp = _load_inputs(
+        inp = _load_pixel_inputs(
             feats_ptr, loc_ptr, soi_ptr, q, img, offs_n, mask_n, HW, W, STRIDE, C, NC, CINP
         )
         _, _, z = mlp3_forward(w0, b0, w1, b1, w2, b2, inp)
@@ -144,7 +144,7 @@ if triton is not None:
         for start in range(s * BLOCK_N, HW, num_s * BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
             mask_n = offs_n < HW
-            inp = _load_inputs(
+            inp = _load_pixel_inputs(
                 feats_ptr, loc_ptr, soi_ptr, q, img, offs_n, mask_n, HW, W, STRIDE, C, NC, CINP
             )
             r1, r2, z = mlp3_forward(w0, b0, w1, b1, w2, b2, inp)
@@ -206,7 +206,7 @@ if triton is not None:
         for i in range(start, end):
             q = tl.load(order_ptr + i)
             w0, b0, w1, b1, w2, b2 = load_mlp3(params_ptr, q, P, H, CIN, HP, CINP)
-            inp = _load_inputs(
+            inp = _load_pixel_inputs(
                 feats_ptr, loc_ptr, soi_ptr, q, img, offs_n, mask_n, HW, W, STRIDE, C, NC, CINP
             )
             r1, r2, z = mlp3_forward(w0, b0, w1, b1, w2, b2, inp)

@@ -15,26 +15,11 @@ from typing import List, Optional, Tuple
 
 from torch import Tensor
 
-from ..triton_support import three_layer_hidden, triton_available
+from ..triton_support import IMPLS, resolve_impl
 from .pairs import NORMALIZATIONS, InterSceneStats, focal_and_grad, inter_scene_weights
 from .reference import reference_inter_scene_focal_loss, reference_pair_logits
 from .tiled import tiled_inter_scene_focal_loss
 from .triton_kernels import triton_inter_scene_focal_loss
-
-IMPLS = ("auto", "reference", "tiled", "triton")
-
-
-def resolve_impl(impl: str, params: Tensor, layer_shapes: List[Tuple[int, int]], c_in: int) -> str:
-    """``impl``, or for "auto" the Triton kernel where it runs and supports the head (CUDA,
-    Triton importable, three layers), the tiled path elsewhere."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl != "auto":
-        return impl
-    supported = three_layer_hidden(layer_shapes, c_in) is not None
-    if params.is_cuda and triton_available() and supported:
-        return "triton"
-    return "tiled"
 
 
 def inter_scene_focal_loss(
@@ -107,5 +92,6 @@ __all__ = [
     "inter_scene_weights",
     "reference_inter_scene_focal_loss",
     "reference_pair_logits",
+    "resolve_impl",
     "tiled_inter_scene_focal_loss",
 ]

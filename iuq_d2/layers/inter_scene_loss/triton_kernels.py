@@ -37,7 +37,7 @@ if triton is not None:
     from ..triton_support import load_mlp3, mlp3_backward, mlp3_forward, store_mlp3
 
     @triton.jit
-    def _load_inputs(
+    def _load_entry_inputs(
         anchors_ptr,
         feats_ptr,
         offs_n,
@@ -110,7 +110,7 @@ if triton is not None:
         for start in range(s * BLOCK_N, N, num_s * BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
             mask_n = offs_n < N
-            inp = _load_inputs(anchors_ptr, feats_ptr, offs_n, mask_n, C, NC, CINP)
+            inp = _load_entry_inputs(anchors_ptr, feats_ptr, offs_n, mask_n, C, NC, CINP)
             img_n = tl.load(p_img_ptr + offs_n, mask=mask_n, other=0)
             pw = tl.load(pw_ptr + offs_n, mask=mask_n, other=0.0)
             valid = mask_n & (img_n != img_q)
