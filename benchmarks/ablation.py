@@ -40,49 +40,15 @@ NO_EQUI = ["MODEL.IUQ.EQUI.ENABLED", "False"]
 DEFAULT_BANK = ["MODEL.META_ARCHITECTURE", "IUQCondInst", *NO_EQUI]
 EXTRA = ["MODEL.IUQ.EQUI.MODE", "extra"]
 INSTANCE_CENTERED = ["MODEL.IUQ.INTER.COORDS", "instance_centered"]
-FRESH = ["MODEL.IUQ.INTER.MAX_AGE_ITERS", "20"]
-# With the cap at 2048 in-batch pixels evaluated per step (it never binds on shapes: at most
-# 8 objects x 50 pixels x 4 images).
-ENTRY_GRAD = [
-    "MODEL.IUQ.INTER.BATCH_ENTRY_GRAD",
-    "True",
-    "MODEL.IUQ.INTER.MAX_BATCH_ENTRIES",
-    "2048",
-]
 PER_IMAGE = ["MODEL.IUQ.INTER.NORMALIZATION", "query_image"]
-OFF_FOOTPRINT = ["MODEL.IUQ.INTER.EXCLUDE_OWN_FOOTPRINT", "True"]
-PROJECTED = ["MODEL.IUQ.INTER.PROJECT_CONFLICT", "True"]
 WIDE_FEATURES = ["MODEL.CONDINST.MASK_BRANCH.OUT_CHANNELS", "16"]
 FOCAL_GAMMA_4 = ["MODEL.IUQ.INTER.FOCAL_GAMMA", "4.0"]
-# What the paper's released CondInst code does (docs/method.md): mask probabilities
-# sigmoid(logit / 3) everywhere, and a penalty on another image's pixels only where a query's
-# probability there is at least 0.8.
-TEMPERATURE_3 = ["MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE", "3.0"]
-# The instance-contrastive representation term (ours) with every MODEL.IUQ.CONTRAST default.
-CONTRAST = ["MODEL.IUQ.CONTRAST.ENABLED", "True"]
-CONFIDENT = ["MODEL.IUQ.INTER.LOSS_FORM", "confident", "MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"]
 # GroupNorm instead of BatchNorm in the backbone and the mask branch (the FCOS towers already
 # use it): "paired" views then no longer halve the images BatchNorm's statistics come from.
 GROUP_NORM = ["MODEL.RESNETS.NORM", "GN", "MODEL.CONDINST.MASK_BRANCH.NORM", "GN"]
-# The inter-scene loss reaches only the mask branch, through this batch's attached pixels.
-REPRESENTATION_ONLY = [
-    "MODEL.IUQ.INTER.QUERY_GRAD",
-    "False",
-    "MODEL.IUQ.INTER.BATCH_ENTRY_GRAD",
-    "True",
-]
 # Views that are never flipped: a trained CondInst is far from flip-equivariant with the
 # identity map on F's channels, and close to crop and rescale equivariance (docs/method.md).
 NO_VIEW_FLIP = ["MODEL.IUQ.EQUI.FLIP_PROB", "0.0"]
-# The foreign pixels join each query's dice denominator; LOSS_WEIGHT is then in other images.
-DICE_FORM = ["MODEL.IUQ.INTER.LOSS_FORM", "dice"]
-# The one bank setting nowhere worse than CondInst at 8 images per step (run_ablation_v12.sh):
-# weight 0.25 without the overlay pairs on the query's own instance; v14 builds on it.
-IMS8_W025_OFF_FOOTPRINT = (
-    DEFAULT_BANK
-    + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
-    + OFF_FOOTPRINT
-)
 # BoxInst trained from the boxes alone (its mapper reads no masks), evaluated on the true masks:
 # what configs/Demo/shapes_BoxInst.yaml changes in the demo config (64 proposals per image, a
 # 16-channel mask branch, the pairwise warm-up at AdelaiDet's share of the schedule, no bottom
@@ -118,13 +84,6 @@ VARIANTS = {
     # The defaults at the earlier default weight and at a lower one.
     "IUQ (defaults, weight 0.25)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
     "IUQ (defaults, weight 0.1)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.1"],
-    # The same with foreign logits scored against the query's own-instance logit.
-    "IUQ (defaults, own reference)": DEFAULT_BANK + ["MODEL.IUQ.INTER.REFERENCE", "own"],
-    "IUQ (defaults, off own footprint)": DEFAULT_BANK + OFF_FOOTPRINT,
-    # The one setting nowhere worse at 8 images per step, at the demo's 4.
-    "IUQ (defaults, weight 0.25, off own footprint)": DEFAULT_BANK
-    + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
-    + OFF_FOOTPRINT,
     "CondInst (GN)": ["MODEL.META_ARCHITECTURE", "CondInst", *GROUP_NORM],
     "+equivariance (GN, paired, query 3, feat 0)": IUQ_VIEWS
     + NO_BANK
@@ -135,49 +94,11 @@ VARIANTS = {
     + GROUP_NORM
     + NO_VIEW_FLIP
     + equi_weights(3.0, 0.0),
-    "IUQ (representation only, instance_centered, weight 1)": DEFAULT_BANK
-    + REPRESENTATION_ONLY
-    + INSTANCE_CENTERED
-    + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],
     "+equivariance (extra, query 3, feat 0)": IUQ_VIEWS + NO_BANK + EXTRA + equi_weights(3.0, 0.0),
-    "IUQ (defaults, random placement)": DEFAULT_BANK + ["MODEL.IUQ.INTER.COORDS", "random"],
-    # The look-alike placements without the part of each foreign instance that lands on the
-    # query's own instance: hard negatives that do not contradict the mask loss.
-    "IUQ (defaults, instance_centered, off own footprint)": DEFAULT_BANK
-    + INSTANCE_CENTERED
-    + OFF_FOOTPRINT,
-    "IUQ (defaults, random placement, off own footprint)": DEFAULT_BANK
-    + ["MODEL.IUQ.INTER.COORDS", "random"]
-    + OFF_FOOTPRINT,
-    # The inter-scene gradient without its component against the mask loss's, per query.
-    "IUQ (defaults, conflict projected)": DEFAULT_BANK + PROJECTED,
-    "IUQ (defaults, weight 0.25, conflict projected)": DEFAULT_BANK
-    + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"]
-    + PROJECTED,
-    "IUQ (defaults, instance_centered, conflict projected)": DEFAULT_BANK
-    + INSTANCE_CENTERED
-    + PROJECTED,
-    "IUQ (defaults, same class only)": DEFAULT_BANK + ["MODEL.IUQ.INTER.SAME_CLASS_ONLY", "True"],
     # Mask features twice as wide as AdelaiDet's 8 channels: room in F for what tells one
     # image's instance from another's look-alike, with and without the bank.
     "CondInst (16-d mask features)": ["MODEL.META_ARCHITECTURE", "CondInst", *WIDE_FEATURES],
     "IUQ (defaults, 16-d mask features)": DEFAULT_BANK + WIDE_FEATURES,
-    # The same without the overlay pairs on the query's own instance (shapes' cost at 8 images
-    # per step came from them, v12).
-    "IUQ (defaults, 16-d mask features, off own footprint)": DEFAULT_BANK
-    + WIDE_FEATURES
-    + OFF_FOOTPRINT,
-    # Negatives at most 20 iterations old, at both widths: on shapes the bank's sampled entries
-    # are ~59 iterations old at 4 images per step (cells: ~9, at most 18, so the cap never binds
-    # there), and a wider F changes faster.
-    "IUQ (defaults, age <= 20)": DEFAULT_BANK + FRESH,
-    "IUQ (defaults, 16-d mask features, age <= 20)": DEFAULT_BANK + WIDE_FEATURES + FRESH,
-    # Only the queries whose own mask already has dice >= 0.8 this step are scored against
-    # other images: each learns its object before it is asked to be unique.
-    "IUQ (defaults, own dice >= 0.8)": DEFAULT_BANK + ["MODEL.IUQ.INTER.MIN_OWN_DICE", "0.8"],
-    "IUQ (defaults, 16-d mask features, own dice >= 0.8)": DEFAULT_BANK
-    + WIDE_FEATURES
-    + ["MODEL.IUQ.INTER.MIN_OWN_DICE", "0.8"],
     # A focal exponent of 4 instead of 2: the pairs on which a query already stays silent
     # (p ~ 0.1) then send ~60x less gradient, those on which it fires (p > 0.5) about half as
     # much, so that the loss presses where the query fires, not on every logit.
@@ -185,34 +106,8 @@ VARIANTS = {
     "IUQ (defaults, focal gamma 4, weight 0.25)": DEFAULT_BANK
     + FOCAL_GAMMA_4
     + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
-    # The look-alike pairs off the own instance (v18: -5.0 shapes, -6.4 cells at weight 0.1) at a
-    # fifth of the weight: whether the hard negatives hurt at any weight where they act.
-    "IUQ (defaults, instance_centered, off own footprint, weight 0.02)": DEFAULT_BANK
-    + INSTANCE_CENTERED
-    + OFF_FOOTPRINT
-    + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.02"],
-    "CondInst (mask temperature 3)": ["MODEL.META_ARCHITECTURE", "CondInst", *TEMPERATURE_3],
-    "IUQ (temperature 3, confident >= 0.8, weight 1)": DEFAULT_BANK + TEMPERATURE_3 + CONFIDENT,
-    "IUQ (temperature 3, confident >= 0.8, weight 1, instance_centered)": DEFAULT_BANK
-    + TEMPERATURE_3
-    + CONFIDENT
-    + INSTANCE_CENTERED,
-    "IUQ (defaults, temperature 3)": DEFAULT_BANK + TEMPERATURE_3,
-    "IUQ (defaults, instance contrast)": DEFAULT_BANK + CONTRAST,
-    "IUQ (instance contrast only)": DEFAULT_BANK + NO_BANK + CONTRAST,
-    "IUQ (defaults, instance contrast, other images)": DEFAULT_BANK
-    + CONTRAST
-    + ["MODEL.IUQ.CONTRAST.NEGATIVES", "other_images"],
-    "IUQ (defaults, instance contrast, weight 0.01)": DEFAULT_BANK
-    + CONTRAST
-    + ["MODEL.IUQ.CONTRAST.LOSS_WEIGHT", "0.01"],
-    "IUQ (defaults, own-image negatives 1)": DEFAULT_BANK
-    + ["MODEL.IUQ.INTER.OWN_IMAGE_WEIGHT", "1.0"],
-    "IUQ (defaults, own-image negatives 4)": DEFAULT_BANK
-    + ["MODEL.IUQ.INTER.OWN_IMAGE_WEIGHT", "4.0"],
     "views only (GN, paired)": IUQ_VIEWS + NO_BANK + GROUP_NORM + equi_weights(0.0, 0.0),
     "IUQ (defaults, weight 0.05)": DEFAULT_BANK + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.05"],
-    "IUQ (dice form, 1 image)": DEFAULT_BANK + DICE_FORM + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"],
     "+bank": IUQ + NO_EQUI,
     "+equivariance": IUQ_VIEWS + NO_BANK + equi_weights(3.0, 1.0),
     "+bank +equivariance": IUQ_VIEWS + equi_weights(3.0, 1.0),
@@ -252,30 +147,6 @@ VARIANTS = {
     "IUQ (defaults, IMS_PER_BATCH 8)": DEFAULT_BANK + ["SOLVER.IMS_PER_BATCH", "8"],
     "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25)": DEFAULT_BANK
     + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
-    # The same without the overlay pairs that fall on the query's own instance, where a
-    # look-alike of another image contradicts the mask loss (shapes: large objects, many such
-    # pairs; cells: small ones, few).
-    "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint)": IMS8_W025_OFF_FOOTPRINT,
-    "IUQ (defaults, IMS_PER_BATCH 8, weight 1, off own footprint)": DEFAULT_BANK
-    + ["SOLVER.IMS_PER_BATCH", "8", "MODEL.IUQ.INTER.LOSS_WEIGHT", "1.0"]
-    + OFF_FOOTPRINT,
-    # Two hypotheses of the method issue on top of the one setting nowhere worse at 8 images per
-    # step: in-batch pixels of the 7 other images send gradient into the mask branch; negatives
-    # at most 20 iterations old.
-    "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint, entry grad)": (
-        IMS8_W025_OFF_FOOTPRINT + ENTRY_GRAD
-    ),
-    "IUQ (defaults, IMS_PER_BATCH 8, weight 0.25, off own footprint, age <= 20)": (
-        IMS8_W025_OFF_FOOTPRINT + FRESH
-    ),
-    # The hardest negatives (the query moved onto the centre of another image's instance, where
-    # CondInst's queries fire on most of a look-alike) at the default weight, with the in-batch
-    # pixels attached so that the representation can learn what tells instances apart (on
-    # shapes every object has its own colour; on cells only each image has).
-    "IUQ (defaults, IMS_PER_BATCH 8, instance_centered, entry grad)": DEFAULT_BANK
-    + ["SOLVER.IMS_PER_BATCH", "8"]
-    + INSTANCE_CENTERED
-    + ENTRY_GRAD,
     # What "paired" does to the originals: CondInst with as many dataset images per step.
     "CondInst (IMS_PER_BATCH 2)": [
         "MODEL.META_ARCHITECTURE",
@@ -283,26 +154,10 @@ VARIANTS = {
         "SOLVER.IMS_PER_BATCH",
         "2",
     ],
-    # The method issue's hypotheses, one change at a time and together: negatives at most 20
-    # iterations old; in-batch pixels of the other images attached to the mask branch; the
-    # paper's per-query, per-image normalisation.
-    "+bank (age <= 20)": IUQ + NO_EQUI + FRESH,
-    "+bank (entry grad)": IUQ + NO_EQUI + ENTRY_GRAD,
     "+bank (per-image norm)": IUQ + NO_EQUI + PER_IMAGE,
-    "+bank (age <= 20, entry grad, per-image norm)": IUQ + NO_EQUI + FRESH + ENTRY_GRAD + PER_IMAGE,
     # Weight and warm-up, and whether the loss works by lowering the query's output bias.
     "+bank (weight 0.25)": IUQ + NO_EQUI + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
     "+bank (warm-up 350)": IUQ + NO_EQUI + ["MODEL.IUQ.INTER.WARMUP_ITERS", "350"],
-    "+bank (no output-bias gradient)": IUQ
-    + NO_EQUI
-    + ["MODEL.IUQ.INTER.DETACH_OUTPUT_BIAS", "True"],
-    "+bank (entry grad, weight 0.25)": IUQ
-    + NO_EQUI
-    + ENTRY_GRAD
-    + ["MODEL.IUQ.INTER.LOSS_WEIGHT", "0.25"],
-    # Pairs that land on the query's own instance (overlay) contradict the mask loss: left out.
-    "+bank (off own footprint)": IUQ + NO_EQUI + OFF_FOOTPRINT,
-    "+bank (off own footprint, age <= 20)": IUQ + NO_EQUI + OFF_FOOTPRINT + FRESH,
 }
 CORE = ["CondInst", "+bank", "+equivariance", "+bank +equivariance"]
 

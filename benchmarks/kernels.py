@@ -36,14 +36,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def inter_scene_step(impl: str, num_q: int, num_n: int, device: str):
     """Forward + backward of the inter-scene loss on random inputs of that size."""
     from iuq_d2.layers import dynamic_layer_shapes
-    from iuq_d2.layers.inter_scene import inter_scene_focal_loss
+    from iuq_d2.layers.inter_scene_loss import inter_scene_focal_loss
 
     torch.manual_seed(0)
     dev = torch.device(device)
     shapes = dynamic_layer_shapes(10, 8, 3)
     params = torch.randn(num_q, sum(o * i + o for o, i in shapes), device=dev) * 0.3
     params.requires_grad_(True)
-    feats = torch.randn(num_n, 8, device=dev, requires_grad=True)
+    feats = torch.randn(num_n, 8, device=dev)  # bank entries: constants
     args = (
         torch.randn(num_q, 2, device=dev) * 100,
         torch.full((num_q,), 128.0, device=dev),
@@ -56,7 +56,7 @@ def inter_scene_step(impl: str, num_q: int, num_n: int, device: str):
     def step() -> None:
         loss, _ = inter_scene_focal_loss(params, *args, shapes, impl=impl)
         loss.backward()
-        params.grad = feats.grad = None
+        params.grad = None
 
     return step
 

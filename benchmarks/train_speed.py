@@ -46,12 +46,6 @@ VARIANTS = {
         ]
         for q in (-1, 32, 64)
     },
-    # The bank with the inter-scene gradient projected off the mask loss's (one extra
-    # autograd.grad of the mask loss into the controller output).
-    "bank_projected": [*BANK, "MODEL.IUQ.INTER.PROJECT_CONFLICT", "True"],
-    # The instance-contrastive term on the mask features, with and without the bank.
-    "bank_contrast": [*BANK, "MODEL.IUQ.CONTRAST.ENABLED", "True"],
-    "contrast": [*BANK, "MODEL.IUQ.INTER.ENABLED", "False", "MODEL.IUQ.CONTRAST.ENABLED", "True"],
     # The convolutions' memory layout, whatever the config says (MODEL.CONDINST.CHANNELS_LAST).
     **{
         f"{name}_{layout}": [*base, "MODEL.CONDINST.CHANNELS_LAST", str(last)]
