@@ -11,7 +11,6 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from torch import Tensor, nn
 
-from ...layers.dynamic_mlp import last_layer_scale
 from ...layers.losses import dice_from_terms
 from ...layers.mask_dice import chunked_upsampled_dice_terms, upsampled_dice_terms
 from ...layers.upsample import aligned_bilinear
@@ -27,8 +26,6 @@ class CondInstTrainOutputs:
     losses: Dict[str, Tensor]
     mask_feats: Tensor  # [N, C, H/8, W/8], the representation F
     queries: Instances  # the positives that trained the mask head (see CondInst.sample_queries)
-    # Per query, the numerator and denominator of its dice loss (None without queries).
-    mask_dice: Optional[Tuple[Tensor, Tensor]] = None
 
 
 def topk_per_instance(positives: Instances, num_images: int, k: int) -> Instances:
@@ -74,7 +71,6 @@ class CondInst(nn.Module):
         boxinst: Optional[BoxInstCriterion] = None,
         mask_threshold: float = 0.5,
         channels_last: bool = False,
-        mask_logit_temperature: float = 1.0,
     ):
         super().__init__()
         self.backbone = backbone
@@ -93,14 +89,6 @@ class CondInst(nn.Module):
         # Not buffers: AdelaiDet's checkpoints hold no pixel_mean/pixel_std.
         self._pixel_mean = torch.tensor(pixel_mean).view(-1, 1, 1)
         self._pixel_std = torch.tensor(pixel_std).view(-1, 1, 1)
-        if mask_logit_temperature <= 0:
-            raise ValueError(
-                "MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE must be > 0, "
-                f"got {mask_logit_temperature}"
-            )
-        self.mask_logit_temperature = mask_logit_temperature
-        # Not a buffer either: checkpoints stay AdelaiDet's whatever the temperature.
-        self._param_scale = last_layer_scale(mask_head.layer_shapes, 1.0 / mask_logit_temperature)
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -147,21 +135,11 @@ class CondInst(nn.Module):
             "max_proposals": condinst.MAX_PROPOSALS,
             "topk_proposals_per_im": condinst.TOPK_PROPOSALS_PER_IM,
             "channels_last": condinst.CHANNELS_LAST,
-            "mask_logit_temperature": condinst.MASK_HEAD.LOGIT_TEMPERATURE,
         }
 
     @property
     def device(self) -> torch.device:
         return self.controller.weight.device
-
-    def param_head(self, tower: Tensor) -> Tensor:
-        """The controller on a box tower: [N, P, H, W] dynamic mask head parameters, the last
-        layer's divided by the mask logit temperature, so that every consumer of the parameters
-        (mask loss, inference, the inter-scene loss, export) sees logits / T."""
-        params = self.controller(tower)
-        if self.mask_logit_temperature == 1.0:
-            return params
-        return params * self._param_scale.to(params)[:, None, None]
 
     def forward(self, batched_inputs: List[dict]):
         if not self.training:
@@ -249,19 +227,16 @@ class CondInst(nn.Module):
         features = self.backbone(images.tensor)
         mask_feats, losses = self.mask_branch(features, gt_instances)
         positives, fcos_losses = self.proposal_generator(
-            images, features, gt_instances, self.param_head
+            images, features, gt_instances, self.controller
         )
         losses.update(fcos_losses)
         queries = self.sample_queries(positives, gt_instances)
         if self.boxinst is None:
-            losses["loss_mask"], mask_dice = self.mask_loss_and_terms(
-                mask_feats, queries, gt_instances
-            )
+            losses["loss_mask"] = self.mask_loss(mask_feats, queries, gt_instances)
         else:
             losses.update(self.box_losses(mask_feats, queries, gt_instances))
-            mask_dice = None
         self.mask_head._iter += 1
-        return CondInstTrainOutputs(losses, mask_feats, queries, mask_dice)
+        return CondInstTrainOutputs(losses, mask_feats, queries)
 
     def box_losses(
         self, mask_feats: Tensor, queries: Instances, gt_instances: List[Instances]
@@ -302,23 +277,11 @@ class CondInst(nn.Module):
         ``valid`` ([N, H, W] bool at the stride of ``mask_feats``), when given, restricts the
         loss to those cells of each query's image.
         """
-        return self.mask_loss_and_terms(mask_feats, queries, gt_instances, valid)[0]
-
-    def mask_loss_and_terms(
-        self,
-        mask_feats: Tensor,
-        queries: Instances,
-        gt_instances: List[Instances],
-        valid: Optional[Tensor] = None,
-    ) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor]]]:
-        """``mask_loss`` and the per-query terms it came from (``mask_dice_terms``; None
-        without queries)."""
         if len(queries) == 0:
             # Keep every parameter in the graph so DDP's gradient reduction stays in step.
-            zero = mask_feats.sum() * 0.0 + queries.mask_head_params.sum() * 0.0
-            return zero, None
+            return mask_feats.sum() * 0.0 + queries.mask_head_params.sum() * 0.0
         terms = self.mask_dice_terms(mask_feats, queries, gt_instances, valid)
-        return dice_from_terms(*terms).mean(), terms
+        return dice_from_terms(*terms).mean()
 
     def mask_dice_terms(
         self,
@@ -353,7 +316,7 @@ class CondInst(nn.Module):
         them, in that order (before the sigmoid and any resizing)."""
         features = self.backbone(images.tensor)
         mask_feats, _ = self.mask_branch(features)
-        detections, _ = self.proposal_generator(images, features, None, self.param_head)
+        detections, _ = self.proposal_generator(images, features, None, self.controller)
         queries = Instances((0, 0))
         for name in ("mask_head_params", "locations", "fpn_levels"):
             queries.set(name, torch.cat([d.get(name) for d in detections]))
