@@ -19,12 +19,16 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.data.detection_utils import annotations_to_instances, read_image
 from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from detectron2.utils.colormap import colormap
 
+from .engine.checkpoint import StrictCheckpointer
 from .engine.config_loader import load_config
 
 MIN_SHORT_SIDE = 480
@@ -39,13 +43,30 @@ COLORS = colormap(rgb=False, maximum=255)  # BGR, one per class
 Rect = Tuple[int, int, int, int]  # x0, y0, x1, y1
 
 
-def build_predictor(config_file: str, weights: str, opts: Sequence[str] = ()) -> DefaultPredictor:
-    """detectron2's predictor of the config with ``weights``: test-time resize, BGR input, the
-    config's candidate threshold (MODEL.FCOS.INFERENCE_TH_TEST) and device."""
+class Predictor(DefaultPredictor):
+    """detectron2's DefaultPredictor, except that the weights load with
+    :class:`StrictCheckpointer`: a checkpoint that lacks some of the model's weights raises
+    instead of predicting with their random initial values."""
+
+    def __init__(self, cfg: CfgNode):
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg).eval()
+        if len(cfg.DATASETS.TEST):
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        StrictCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        self.aug = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+        self.input_format = cfg.INPUT.FORMAT
+
+
+def build_predictor(config_file: str, weights: str, opts: Sequence[str] = ()) -> Predictor:
+    """The predictor of the config with ``weights``: test-time resize, BGR input, the config's
+    candidate threshold (MODEL.FCOS.INFERENCE_TH_TEST) and device."""
     cfg = load_config(config_file, opts, freeze=False)
     cfg.MODEL.WEIGHTS = weights
     cfg.freeze()
-    return DefaultPredictor(cfg)
+    return Predictor(cfg)
 
 
 def upscale_factor(height: int, width: int, min_short_side: int = MIN_SHORT_SIDE) -> int:

@@ -51,6 +51,18 @@ def make_input(height, width, boxes, classes, seed=0):
     return {"image": image, "instances": inst, "height": height, "width": width, "image_id": seed}
 
 
+def spread_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (a CondInst) with its heads' random weights spread: at its own initialisation
+    FCOS predicts sub-pixel boxes with near-equal scores and the controller masks of
+    probability ~0.5, which would leave NMS, thresholds and the masks' content untested."""
+    head = model.proposal_generator.fcos_head
+    torch.nn.init.normal_(head.cls_logits.weight, std=0.05)
+    torch.nn.init.normal_(head.bbox_pred.weight, std=0.05)
+    torch.nn.init.constant_(head.bbox_pred.bias, 1.0)
+    torch.nn.init.normal_(model.controller.weight, std=0.1)
+    return model
+
+
 @pytest.fixture
 def tiny_cfg():
     return tiny_config()

@@ -12,14 +12,14 @@ import onnxruntime as ort
 import pytest
 import torch
 from detectron2.modeling import build_model
-from torch import nn
 
 from iuq_d2.data import ensure_shapes
+from iuq_d2.engine import CheckpointMismatchError
 from iuq_d2.engine.config_loader import load_config
 from iuq_d2.export import example_image, export_onnx, export_torchscript
 from iuq_d2.export.__main__ import main as export_main
 
-from .conftest import DEMO_CONFIG, REPO
+from .conftest import DEMO_CONFIG, REPO, spread_weights
 
 # Random weights, every location a candidate (pre-NMS top-k cut taken at P3), post-NMS cut taken.
 OPTS = ["MODEL.FCOS.INFERENCE_TH_TEST", "0.0", "MODEL.FCOS.POST_NMS_TOPK_TEST", "20"]
@@ -30,18 +30,11 @@ MIN_MASK_IOU = 0.99  # per mask of >= 100 pixels, whose IoU one flipped border p
 
 
 def random_model(opts=OPTS, config=DEMO_CONFIG):
-    """The demo model, randomly initialised and spread: at its own initialisation FCOS predicts
-    sub-pixel boxes with near-equal scores and the controller masks of probability ~0.5, which
-    would leave NMS, the top-k cuts and the mask threshold untested."""
+    """The demo model, randomly initialised and spread (``spread_weights``), so that NMS, the
+    top-k cuts and the mask threshold are exercised."""
     torch.manual_seed(0)
     cfg = load_config(config, opts)
-    model = build_model(cfg).eval()
-    head = model.proposal_generator.fcos_head
-    nn.init.normal_(head.cls_logits.weight, std=0.05)
-    nn.init.normal_(head.bbox_pred.weight, std=0.05)
-    nn.init.constant_(head.bbox_pred.bias, 1.0)
-    nn.init.normal_(model.controller.weight, std=0.1)
-    return cfg, model
+    return cfg, spread_weights(build_model(cfg).eval())
 
 
 @pytest.fixture(scope="module")
@@ -155,16 +148,15 @@ def test_cli_exports_iuq_checkpoint(images, tmp_path):
     assert info["thing_classes"] is not None and len(info["thing_classes"]) == 4
 
 
-def test_export_keeps_the_mask_logit_temperature(images, tmp_path):
-    """With MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE 3 the exported masks are thresholded on
-    sigmoid(logit / 3), as the PyTorch model's are."""
-    _, model = random_model(OPTS + ["MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE", "3.0"])
-    path = str(tmp_path / "model.ts")
-    export_torchscript(model, images[0], path)
-    traced = torch.jit.load(path)
-    plain = random_model()[1]
-    for image in images[:2]:
-        expected = pytorch_outputs(model, image)
-        assert_same_detections(expected, run_torchscript(traced, image))
-        # The temperature changes the masks (the same weights without it give others).
-        assert (pytorch_outputs(plain, image)[3] != expected[3]).any()
+def test_cli_refuses_a_checkpoint_without_some_weights(tmp_path):
+    """A checkpoint without the controller would export random dynamic filters."""
+    _, model = random_model()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("controller.")}
+    weights = str(tmp_path / "model_final.pth")
+    torch.save({"model": state}, weights)
+    out_dir = tmp_path / "export"
+    args = ["--config-file", DEMO_CONFIG, "--weights", weights, "--output", str(out_dir)]
+    missing = r"2 of the model's \d+ keys are missing: controller.bias, controller.weight"
+    with pytest.raises(CheckpointMismatchError, match=missing):
+        export_main([*args, *OPTS])
+    assert not out_dir.exists()

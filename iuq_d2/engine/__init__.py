@@ -1,4 +1,15 @@
-from .checkpoint import AtomicCheckpointer, atomic_write
+from .checkpoint import (
+    AtomicCheckpointer,
+    CheckpointMismatchError,
+    StrictCheckpointer,
+    atomic_write,
+)
 from .trainer import Trainer
 
-__all__ = ["AtomicCheckpointer", "Trainer", "atomic_write"]
+__all__ = [
+    "AtomicCheckpointer",
+    "CheckpointMismatchError",
+    "StrictCheckpointer",
+    "Trainer",
+    "atomic_write",
+]

@@ -21,7 +21,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
-from .checkpoint import AtomicCheckpointer
+from .checkpoint import StrictCheckpointer
 from .config_loader import load_config
 from .cpu_threads import set_cpu_threads
 from .trainer import Trainer
@@ -83,11 +83,15 @@ def write_eval_results(results, path: str) -> None:
 
 
 def main(args: argparse.Namespace):
-    """Train, or with ``--eval-only`` evaluate, in this process; the evaluation results."""
+    """Train, or with ``--eval-only`` evaluate, in this process; the evaluation results.
+
+    The weights to evaluate must all be in the checkpoint (:class:`StrictCheckpointer`);
+    training starts from whatever MODEL.WEIGHTS holds, as detectron2's does.
+    """
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer = StrictCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         verify_results(cfg, results)

@@ -7,12 +7,12 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
+from ..engine.checkpoint import StrictCheckpointer
 from ..engine.config_loader import load_config
 from .traceable import INPUT_NAMES, OUTPUT_NAMES, TraceableCondInst
 
@@ -35,14 +35,15 @@ def export_config(config_file: str, weights: str, opts: Sequence[str] = ()) -> C
 
 
 def load_model(cfg: CfgNode) -> torch.nn.Module:
-    """The model of ``cfg`` in eval mode, with MODEL.WEIGHTS loaded.
+    """The model of ``cfg`` in eval mode, with all of its weights loaded from MODEL.WEIGHTS
+    (:class:`StrictCheckpointer`).
 
     An IUQ-CondInst checkpoint loads with its own config (the bank's buffers load and are then
-    left out of the export) or with the CondInst config, which reports the ``inter_scene.*``
-    keys as unused: both export the same network.
+    left out of the export) or with the CondInst config, which ignores the training-only
+    ``inter_scene.*`` keys: both export the same network.
     """
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    StrictCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     return model.eval()
 
 
