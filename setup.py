@@ -47,7 +47,8 @@ setup(
     extras_require={
         # iuq_d2.export: ONNX export and its onnxruntime check; the tests run that check.
         "export": ["onnx", "onnxruntime"],
-        "test": ["pytest", "ruff", "onnx", "onnxruntime"],
+        # scikit-image: the independent LAB conversion BoxInst's colour similarity is tested on.
+        "test": ["pytest", "ruff", "onnx", "onnxruntime", "scikit-image"],
     },
     entry_points={"console_scripts": ["iuq_d2-slurm = iuq_d2.engine.slurm.submit:main"]},
     zip_safe=False,

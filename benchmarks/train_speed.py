@@ -11,6 +11,9 @@ first variant and writes JSON.
 
     python benchmarks/train_speed.py --config-file configs/Demo/shapes_CondInst.yaml \
         --variants condinst bank equi_paired equi_extra full --out benchmarks/results/cpu.json
+    python benchmarks/train_speed.py --interleaved --iters 10 --repeats 3 \
+        --variants condinst boxinst condinst_boxinst_model boxinst_recipe \
+        --out benchmarks/results/train_speed_boxinst_cpu.json   # BoxInst against CondInst
 
 With ``--interleaved`` all variants live in one process and take turns on every batch, and the
 ratio is the median of per-batch ratios: the measurement for overheads smaller than the VM's
@@ -34,9 +37,20 @@ IUQ_VIEWS = [
 ]
 CONDINST = ["MODEL.META_ARCHITECTURE", "CondInst"]
 BANK = ["MODEL.META_ARCHITECTURE", "IUQCondInst", "MODEL.IUQ.EQUI.ENABLED", "False"]
+# BoxInst's losses (and its mapper, which reads no masks) on the same model as "condinst"; and
+# what configs/BoxInst and the demo's BoxInst config change besides: 64 proposals per image for
+# the mask losses and a 16-channel mask branch, with BoxInst's losses or CondInst's.
+BOXINST = [*CONDINST, "MODEL.BOXINST.ENABLED", "True"]
+BOXINST_MODEL = [
+    *("MODEL.CONDINST.MAX_PROPOSALS", "-1", "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM", "64"),
+    *("MODEL.CONDINST.MASK_BRANCH.OUT_CHANNELS", "16"),
+]
 # Config overrides of each variant, applied after the config file and --opts.
 VARIANTS = {
     "condinst": CONDINST,
+    "boxinst": BOXINST,
+    "boxinst_recipe": [*BOXINST, *BOXINST_MODEL, "MODEL.BOXINST.BOTTOM_PIXELS_REMOVED", "0"],
+    "condinst_boxinst_model": [*CONDINST, *BOXINST_MODEL],
     "bank": BANK,
     # The bank with every query evaluated and with at most 32 / 64 of them per step.
     **{
