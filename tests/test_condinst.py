@@ -108,7 +108,6 @@ def test_adelaidet_dumped_config_loads():
 @pytest.mark.parametrize(
     "key,value",
     [
-        ("MODEL.BOXINST.ENABLED", True),
         ("MODEL.CONDINST.BOTTOM_PIXELS_REMOVED", 10),
         ("MODEL.CONDINST.MASK_HEAD.USE_FP16", True),
         ("MODEL.FCOS.LOSS_NORMALIZER_CLS", "moving_fg"),
@@ -372,38 +371,3 @@ def test_channels_last_gives_the_same_losses_gradients_and_detections(arch):
     assert len(outputs[True]) == len(outputs[False]) > 0
     torch.testing.assert_close(outputs[True].scores, outputs[False].scores, rtol=1e-4, atol=1e-6)
     assert (outputs[True].pred_masks != outputs[False].pred_masks).float().mean() < 1e-3
-
-
-def test_mask_logit_temperature_divides_every_mask_logit():
-    """T = 3 (the paper's released code) gives sigmoid(logit / 3) in training and inference,
-    with the same weights and the same checkpoint keys as T = 1."""
-    torch.manual_seed(0)
-    opts = {"MODEL.FCOS.INFERENCE_TH_TEST": 0.0}
-    plain = build_model(tiny_config(**opts)).eval()
-    tempered = build_model(
-        tiny_config(**opts, **{"MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE": 3.0})
-    ).eval()
-    assert plain.state_dict().keys() == tempered.state_dict().keys()
-    tempered.load_state_dict(plain.state_dict())
-    with torch.no_grad():
-        dets_a, logits_a = plain.detect(plain.preprocess_image(_batch()))
-        dets_b, logits_b = tempered.detect(tempered.preprocess_image(_batch()))
-    assert logits_a.numel() > 0 and logits_a.abs().max() > 0
-    for a, b in zip(dets_a, dets_b):
-        torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor)
-    torch.testing.assert_close(logits_b, logits_a / 3.0)
-    # Only the last layer's weights and bias are scaled, so the hidden layers are unchanged.
-    tower = torch.randn(1, plain.controller.in_channels, 4, 4)
-    params_a, params_b = plain.param_head(tower), tempered.param_head(tower)
-    shapes = plain.mask_head.layer_shapes
-    scaled = torch.zeros(plain.mask_head.num_params, dtype=torch.bool)
-    weights_end = sum(o * i for o, i in shapes)
-    scaled[weights_end - shapes[-1][1] : weights_end] = True
-    scaled[-1] = True
-    torch.testing.assert_close(params_b[:, ~scaled], params_a[:, ~scaled])
-    torch.testing.assert_close(params_b[:, scaled], params_a[:, scaled] / 3.0)
-
-
-def test_mask_logit_temperature_must_be_positive():
-    with pytest.raises(ValueError, match="LOGIT_TEMPERATURE"):
-        build_model(tiny_config(**{"MODEL.CONDINST.MASK_HEAD.LOGIT_TEMPERATURE": 0.0}))

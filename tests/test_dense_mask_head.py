@@ -8,14 +8,15 @@ the triton AOT compile; the interpreted triton kernels run in their own process
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-from iuq_d2.layers import aligned_bilinear, dynamic_layer_shapes
-from iuq_d2.layers.dense_mask_head import _resolve_impl, dense_mask_logits
+from iuq_d2.layers import aligned_bilinear, dynamic_layer_shapes, triton_support
+from iuq_d2.layers.dense_mask_head import dense_mask_logits, resolve_impl
 
 from .conftest import tiny_config
 from .kernel_compile import compile_for
@@ -214,11 +215,32 @@ def test_mask_head_runs_the_chosen_impl(use_rel_coords):
 
 
 def test_dispatch():
-    assert _resolve_impl("auto", torch.zeros(1)) == "tiled"
-    with pytest.raises(ValueError):
-        _resolve_impl("cuda", torch.zeros(1))
     case, kw = make_case(3)
+    shapes = kw["layer_shapes"]
+    assert resolve_impl("auto", case["mask_feats"], shapes, 10) == "tiled"
+    assert resolve_impl("reference", case["mask_feats"], shapes, 10) == "reference"
+    with pytest.raises(ValueError):
+        resolve_impl("cuda", case["mask_feats"], shapes, 10)
     assert_same(run(case, kw, "auto"), run(case, kw, "tiled"), atol=0, rtol=0)
+
+
+def test_auto_picks_triton_only_where_the_kernels_support_the_head(monkeypatch):
+    """With CUDA and Triton, "auto" is triton for the kernels' 3-layer head and tiled for any
+    other head (a stand-in for a CUDA tensor: only ``is_cuda`` and the shape are read)."""
+    monkeypatch.setattr(triton_support, "triton_available", lambda: True)
+    feats = SimpleNamespace(is_cuda=True, shape=(2, 8, 5, 5))
+    for c_in in (8, 10):
+        assert resolve_impl("auto", feats, dynamic_layer_shapes(c_in, 8, 3), c_in) == "triton"
+        assert resolve_impl("triton", feats, dynamic_layer_shapes(c_in, 8, 2), c_in) == "triton"
+        for num_layers in (1, 2, 4):
+            shapes = dynamic_layer_shapes(c_in, 8, num_layers)
+            assert resolve_impl("auto", feats, shapes, c_in) == "tiled"
+        # The first layer must take the head's c_in inputs.
+        assert resolve_impl("auto", feats, dynamic_layer_shapes(c_in + 2, 8, 3), c_in) == "tiled"
+    shapes = dynamic_layer_shapes(10, 8, 3)
+    assert resolve_impl("auto", SimpleNamespace(is_cuda=False), shapes, 10) == "tiled"
+    monkeypatch.setattr(triton_support, "triton_available", lambda: False)
+    assert resolve_impl("auto", feats, shapes, 10) == "tiled"
 
 
 def test_bad_inputs():
@@ -249,9 +271,7 @@ def test_bad_inputs():
 
 def test_triton_refuses_cpu_tensors():
     pytest.importorskip("triton")
-    from iuq_d2.layers import dense_mask_head_triton
-
-    if dense_mask_head_triton.INTERPRET:
+    if triton_support.INTERPRET:
         pytest.skip("TRITON_INTERPRET=1: CPU tensors are allowed")
     case, kw = make_case(2)
     with pytest.raises(ValueError, match="CUDA"):
@@ -289,7 +309,7 @@ def test_package_works_without_triton():
 
 
 def _kernel_signatures():
-    from iuq_d2.layers import dense_mask_head_triton as T
+    from iuq_d2.layers.dense_mask_head import triton_kernels as T
 
     common = {"params_ptr": "*bf16", "feats_ptr": "*bf16", "loc_ptr": "*fp32", "soi_ptr": "*fp32"}
     sizes = {"HW": "i32", "W": "i32", "P": "i32"}
@@ -336,9 +356,9 @@ def test_triton_kernels_compile_without_spills(capability, kernel, use_rel_coord
     """
     pytest.importorskip("triton")
 
-    from iuq_d2.layers import dense_mask_head_triton as T
+    from iuq_d2.layers.dense_mask_head import triton_kernels as T
 
-    if T.INTERPRET:
+    if triton_support.INTERPRET:
         pytest.skip("interpreted kernels do not compile")
     fn, signature = _kernel_signatures()[kernel]
     consts = T._consts(hidden=8, channels=8, num_coords=2 if use_rel_coords else 0, stride=8)
@@ -365,7 +385,8 @@ def test_triton_matches_reference_on_gpu_fp32(use_rel_coords):
     ref = run(case, kw, "reference")
     assert_same(run(case, kw, "triton"), ref, atol=1e-4, rtol=1e-4)
     assert_same(run(case, kw, "tiled"), ref, atol=1e-4, rtol=1e-4)
-    assert _resolve_impl("auto", case["mask_feats"]) == "triton"
+    c_in = 8 + (2 if use_rel_coords else 0)
+    assert resolve_impl("auto", case["mask_feats"], kw["layer_shapes"], c_in) == "triton"
 
 
 @requires_cuda

@@ -473,38 +473,31 @@ def test_feature_loss_by_hand():
     a = torch.zeros(1, 2, 1, 3)
     b = torch.zeros(1, 2, 1, 3)
     a[0, :, 0, 0] = torch.tensor([1.0, 0.0])
-    b[0, :, 0, 0] = torch.tensor([0.0, 1.0])  # orthogonal: l2 1, cosine 1
+    b[0, :, 0, 0] = torch.tensor([0.0, 1.0])  # orthogonal: l2 1
     a[0, :, 0, 1] = torch.tensor([2.0, 2.0])
-    b[0, :, 0, 1] = torch.tensor([1.0, 1.0])  # parallel: l2 1, cosine 0
+    b[0, :, 0, 1] = torch.tensor([1.0, 1.0])  # parallel: l2 1
     a[0, :, 0, 2] = torch.tensor([100.0, -5.0])  # invalid, ignored
     valid = torch.tensor([[[True, True, False]]])
-    assert torch.allclose(feature_equivariance_loss(a, b, valid, "l2"), torch.tensor(1.0))
-    assert torch.allclose(feature_equivariance_loss(a, b, valid, "cosine"), torch.tensor(0.5))
-    for distance in ("l2", "cosine"):
-        x = torch.randn(2, 8, 4, 5)
-        assert (
-            feature_equivariance_loss(x, x.clone(), torch.ones(2, 4, 5, dtype=torch.bool), distance)
-            .abs()
-            .item()
-            < 1e-6
-        )
-    with pytest.raises(ValueError, match="FEAT_DISTANCE"):
-        feature_equivariance_loss(a, b, valid, "l1")
+    assert torch.allclose(feature_equivariance_loss(a, b, valid), torch.tensor(1.0))
+    x = torch.randn(2, 8, 4, 5)
+    assert (
+        feature_equivariance_loss(x, x.clone(), torch.ones(2, 4, 5, dtype=torch.bool)).abs().item()
+        < 1e-6
+    )
 
 
-@pytest.mark.parametrize("distance", ["l2", "cosine"])
-def test_feature_loss_gradients(distance):
+def test_feature_loss_gradients():
     a = torch.randn(2, 4, 3, 3, requires_grad=True)
     b = torch.randn(2, 4, 3, 3, requires_grad=True)
     valid = torch.rand(2, 3, 3) > 0.5
     valid[0, 0, 0] = True
-    feature_equivariance_loss(a, b, valid, distance).backward()
+    feature_equivariance_loss(a, b, valid).backward()
     for x in (a, b):
         cell_grad = x.grad.abs().amax(dim=1)
         assert cell_grad[valid].min() > 0 and (cell_grad[~valid] == 0).all()
     # Nothing valid (and zero features where invalid, as the warp leaves them): zero, with graph.
     a.grad = b.grad = None
-    loss = feature_equivariance_loss(a, b * 0, torch.zeros(2, 3, 3, dtype=torch.bool), distance)
+    loss = feature_equivariance_loss(a, b * 0, torch.zeros(2, 3, 3, dtype=torch.bool))
     assert loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.equal(a.grad, torch.zeros_like(a)) and torch.equal(b.grad, torch.zeros_like(b))

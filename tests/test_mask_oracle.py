@@ -1,11 +1,10 @@
-"""The mask-error oracles of ``iuq_d2.evaluation.mask_oracle``, by hand."""
+"""The mask-error oracles of ``tools.mask_oracle``, by hand."""
 
 import pytest
 import torch
 from detectron2.structures import BoxMode
 
-from iuq_d2.evaluation import ground_truth_masks, oracle_masks, own_instances
-from iuq_d2.evaluation.mask_oracle import _SpillTally
+from tools.mask_oracle import _SpillTally, ground_truth_masks, oracle_masks, own_instances
 
 
 def _box(h, w, x0, y0, x1, y1):
@@ -96,7 +95,7 @@ def test_oracle_aps_scores_each_oracle_apart(tmp_path):
     from detectron2.data.datasets.coco import convert_to_coco_json
     from detectron2.structures import Boxes, Instances
 
-    from iuq_d2.evaluation import oracle_aps
+    from tools.mask_oracle import oracle_aps
 
     h, w = 32, 48
     squares = [(2, 2, 14, 14), (14, 2, 26, 14)]  # two touching 12x12 instances

@@ -1,5 +1,5 @@
-"""Mechanism measurements: hand-made heads, masks and banks with known answers, and one pass of
-a tiny model through them."""
+"""Mechanism measurements (``tools.mechanism``): hand-made heads and masks with known answers,
+and one pass of a tiny model through them."""
 
 import math
 
@@ -8,19 +8,16 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from iuq_d2.evaluation import (
+from iuq_d2.modeling.condinst.dynamic_mask_head import DynamicMaskHead
+from tools.mechanism import (
     EncodedImage,
-    bank_ages,
-    bank_feature_drift,
+    _FiringTally,
+    _moved_footprints,
     encode_image,
     false_firing,
     feature_identity,
     mask_sharpness,
-    read_bank,
-    sample_bank_entries,
 )
-from iuq_d2.evaluation.mechanism import _FiringTally, _moved_footprints
-from iuq_d2.modeling.condinst.dynamic_mask_head import DynamicMaskHead
 
 from .conftest import make_input, tiny_config
 
@@ -260,49 +257,3 @@ def test_tiny_model_end_to_end(tiny_model):
     assert on.num_pixels + off.num_pixels <= stats["own_position"].num_pixels
     sharp = mask_sharpness(encoded, tiny_model.mask_head.mask_out_stride, score_thresh=0.0)
     assert sharp.num_confident == 3 * 10
-
-
-def _bank(feats, positions, image_ids, iters, valid):
-    return {
-        "feats": feats,
-        "positions": torch.tensor(positions, dtype=torch.float32),
-        "image_ids": torch.tensor(image_ids),
-        "iters": torch.tensor(iters),
-        "valid": torch.tensor(valid),
-        "ptr": torch.tensor(len(valid) - 1),
-    }
-
-
-def test_bank_ages_count_filled_entries_only():
-    bank = _bank(
-        torch.zeros(4, 2), [[0, 0]] * 4, [1, 1, 2, -1], [10, 50, 90, 0], [True, True, True, False]
-    )
-    ages = bank_ages(bank, iteration=100)
-    assert (ages["num_filled"], ages["capacity"]) == (3, 4)
-    assert (ages["age_mean"], ages["age_median"], ages["age_max"]) == (50.0, 50.0, 90.0)
-    assert sample_bank_entries(bank, [2, 7], num=5).tolist() == [2]
-    assert sorted(sample_bank_entries(bank, [1, 2], num=2).tolist()) in ([0, 1], [0, 2], [1, 2])
-
-
-def test_read_bank_maps_both_prefixes():
-    old = {
-        "query_bank.feats": torch.zeros(2, 3),
-        "query_bank.valid": torch.ones(2),
-        "backbone.w": torch.zeros(1),
-    }
-    assert sorted(read_bank(old)) == ["feats", "iters", "valid"]
-    assert read_bank({"inter_scene.bank.valid": torch.ones(2)})["valid"].tolist() == [1, 1]
-    assert read_bank({"backbone.w": torch.zeros(1)}) is None
-
-
-def test_bank_feature_drift_of_the_current_features(tiny_model):
-    # Entries written by this model at cell (row 2, col 3): one as computed, one doubled.
-    x = make_input(96, 136, [[8, 8, 40, 32]], [0], seed=5)
-    f = encode_image(tiny_model, x).mask_feats[0, :, 2, 3]
-    stored = torch.stack([f, 2 * f, torch.ones_like(f)])
-    bank = _bank(stored, [[28, 20], [28, 20], [0, 0]], [5, 5, 6], [0, 0, 0], [True] * 3)
-    drift = bank_feature_drift(tiny_model, bank, sample_bank_entries(bank, [5], 10), {5: x})
-    assert (drift["num_entries"], drift["num_images"]) == (2, 1)
-    assert drift["l2_mean"] == pytest.approx(f.norm().item() / 2, rel=1e-4)
-    assert drift["cosine_mean"] == pytest.approx(1.0, abs=1e-5)
-    assert drift["best_cosine_mean"] == pytest.approx(1.0, abs=1e-5)

@@ -1,17 +1,15 @@
 """Measurements of the mechanism IUQ trains, beside the AP it is judged by.
 
 IUQ claims that a query's dynamic mask head stays silent on the instances of other images
-(inter-scene uniqueness), that masks get sharper, and it relies on a bank of past features
-that are assumed not to go stale. Each is measured here from a model and validation images:
+(inter-scene uniqueness) and that masks get sharper. Each is measured here from a model and
+validation images:
 
 * :func:`false_firing`: the heads of one image's detections applied to the mask features F of
   other images, at their own position and moved onto each instance of the other image;
 * :func:`mask_sharpness` (and :func:`coco_mask_ap`): mask probability inside vs outside the
   ground truth of matched detections;
-* :func:`bank_ages` and :func:`bank_feature_drift`: age of the bank's entries and distance of
-  their stored features from F recomputed by the current model;
 * :func:`feature_identity`: whether F itself tells instances apart, in one image and across
-  images (what ``MODEL.IUQ.CONTRAST`` trains).
+  images.
 
 Images go through the model once (:func:`encode_image`); the functions work on the results.
 """
@@ -100,7 +98,7 @@ def encode_image(model: CondInst, inputs: dict) -> EncodedImage:
     whose extra cells would enter the other images' measurements.
     """
     images, features, mask_feats = _features(model, inputs)
-    (det,), _ = model.proposal_generator(images, features, None, model.param_head)
+    (det,), _ = model.proposal_generator(images, features, None, model.controller)
     det.im_inds = torch.zeros_like(det.pred_classes)
     det.pred_global_masks = model.mask_head(mask_feats, model.mask_branch.out_stride, det).sigmoid()
     (gt,) = model.prepare_targets([inputs], images)

@@ -1,7 +1,7 @@
 """The dense mask head's triton kernels run by Triton's interpreter on CPU tensors.
 
 ``TRITON_INTERPRET`` is read when the kernels are decorated, i.e. when
-``iuq_d2.layers.dense_mask_head_triton`` is first imported, so this module needs its own pytest
+``iuq_d2.layers.triton_support`` is first imported, so this module needs its own pytest
 process with the variable already set (``make test`` runs it so); the main run skips it.
 """
 
@@ -18,12 +18,12 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
-from iuq_d2.layers import dense_mask_head_triton  # noqa: E402
+from iuq_d2.layers import triton_support  # noqa: E402
 from tests.test_dense_mask_head import CASES, assert_same, make_case, run  # noqa: E402
 
 
 def test_kernels_are_interpreted():
-    assert dense_mask_head_triton.INTERPRET
+    assert triton_support.INTERPRET
 
 
 @pytest.mark.parametrize("use_rel_coords", [True, False])
