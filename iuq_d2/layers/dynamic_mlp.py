@@ -59,6 +59,12 @@ def dynamic_mlp(x: Tensor, weights: List[Tensor], biases: List[Tensor]) -> Tenso
     return x
 
 
+def autocast_off(device: torch.device) -> torch.autocast:
+    """A region where autocast does not lower the precision that the hand-written paths chose:
+    their fp32 accumulation and the exact cancellation of ``fold_dynamic_params``' terms."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
     """fp64 when any input is fp64 (gradcheck), else fp32 whatever the storage dtype: the
     hand-written paths accumulate in it."""
@@ -78,12 +84,16 @@ def fold_dynamic_params(
     With relative coordinates the first layer is linear in [rel, feats], rel = (a_q - a_n) / s_q,
     so W_c rel = W_c a_q / s_q - (W_c / s_q) a_n: the query part folds into the bias and the
     pixel part into a weight on ``[pixel anchors, pixel feats]``. The fused paths then need no
-    per-pair coordinates. Differentiable in ``params``; O(Q * P).
+    per-pair coordinates. Differentiable in ``params``; O(Q * P). Computed in ``dtype`` even
+    under autocast: the folded bias (about |W| x the anchors' scale) must cancel in the layer
+    against the pixel term, which 16-bit rounding of either would spoil.
     """
     weights, biases = parse_dynamic_params(params.to(dtype), list(layer_shapes))
     if use_rel_coords:
         w0, b0 = weights[0], biases[0]
         w_coord = w0[:, :, :2] / query_soi.to(dtype)[:, None, None]
-        biases[0] = b0 + torch.bmm(w_coord, query_anchors.to(dtype)[:, :, None]).squeeze(2)
+        with autocast_off(params.device):
+            shift = torch.bmm(w_coord, query_anchors.to(dtype)[:, :, None]).squeeze(2)
+        biases[0] = b0 + shift
         weights[0] = torch.cat([-w_coord, w0[:, :, 2:]], dim=2)
     return weights, biases

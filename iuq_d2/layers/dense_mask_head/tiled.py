@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..cell_centers import fcos_cell_centers
-from ..dynamic_mlp import compute_dtype, fold_dynamic_params
+from ..dynamic_mlp import autocast_off, compute_dtype, fold_dynamic_params
 from .common import image_segments
 
 # Floats in one [queries, hidden, HW] chunk (2 MiB in fp32). One CPU thread, forward and
@@ -39,7 +39,18 @@ class TiledDenseMaskHead(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
+    def forward(ctx, mask_feats: Tensor, *args) -> Tensor:
+        with autocast_off(mask_feats.device):
+            return TiledDenseMaskHead._forward(ctx, mask_feats, *args)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        with autocast_off(grad_out.device):
+            return TiledDenseMaskHead._backward(ctx, grad_out)
+
+    @staticmethod
+    def _forward(
         ctx,
         mask_feats: Tensor,
         coords: Optional[Tensor],
@@ -64,8 +75,7 @@ class TiledDenseMaskHead(torch.autograd.Function):
         return out.to(torch.promote_types(mask_feats.dtype, layers[0].dtype))
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
+    def _backward(ctx, grad_out: Tensor):
         mask_feats, order, *layers = ctx.saved_tensors
         need_feats = ctx.needs_input_grad[0]
         dtype = compute_dtype(mask_feats, *layers)

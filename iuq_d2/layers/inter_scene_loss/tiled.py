@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..dynamic_mlp import compute_dtype, fold_dynamic_params
+from ..dynamic_mlp import autocast_off, compute_dtype, fold_dynamic_params
 from .pairs import InterSceneStats, entry_inputs, focal_and_grad, inter_scene_weights
 
 # Floats in one [Q, hidden, T] chunk (1 MiB in fp32). Measured on one CPU thread, entries
@@ -36,7 +36,12 @@ class TiledInterSceneLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
+    def forward(ctx, inputs: Tensor, *args) -> Tuple[Tensor, Tensor]:
+        with autocast_off(inputs.device):
+            return TiledInterSceneLoss._forward(ctx, inputs, *args)
+
+    @staticmethod
+    def _forward(
         ctx,
         inputs: Tensor,
         query_images: Tensor,
