@@ -1,0 +1,65 @@
+"""What a GPU run depends on, checked on the CPU: gradient clipping under AMP sees unscaled
+gradients, a CPU config never starts NCCL workers, and Triton launches on the tensors' device."""
+
+import copy
+
+import pytest
+import torch
+
+from iuq_d2.engine.config_loader import get_config
+from iuq_d2.engine.trainer import Trainer
+
+
+def _adamw_amp_clip_config():
+    cfg = get_config()
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.5
+    return cfg
+
+
+def test_clipping_under_amp_sees_unscaled_gradients(monkeypatch):
+    """GradScaler's step with the optimizer that Trainer builds: the norm the clipping measures
+    is the true gradient's, not the loss scale times it."""
+    seen = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(*args, **kwargs):
+        norm = clip(*args, **kwargs)
+        seen.append(float(norm))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x = torch.randn(8, 4)
+    (model(x) ** 2).sum().backward()
+    # detectron2 clips each parameter's gradient by its own norm.
+    true_norms = sorted(float(p.grad.norm()) for p in model.parameters())
+    model.zero_grad()
+
+    optimizer = Trainer.build_optimizer(_adamw_amp_clip_config(), model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    scaler.scale((model(x) ** 2).sum()).backward()
+    scaler.step(optimizer)
+    assert sorted(seen) == pytest.approx(true_norms, rel=1e-5)
+
+
+def test_amp_with_clipping_steps_like_fp32():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    reference = copy.deepcopy(model)
+    x = torch.randn(8, 4)
+    cfg = _adamw_amp_clip_config()
+    optimizer = Trainer.build_optimizer(cfg, model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    scaler.scale((model(x) ** 2).sum()).backward()
+    scaler.step(optimizer)
+    cfg.SOLVER.AMP.ENABLED = False
+    plain = Trainer.build_optimizer(cfg, reference)
+    (reference(x) ** 2).sum().backward()
+    plain.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
