@@ -2,12 +2,15 @@
 gradients, a CPU config never starts NCCL workers, and Triton launches on the tensors' device."""
 
 import copy
+import os
 
 import pytest
 import torch
 
 from iuq_d2.engine.config_loader import get_config
 from iuq_d2.engine.trainer import Trainer
+
+from .conftest import DEMO_CONFIG
 
 
 def _adamw_amp_clip_config():
@@ -63,3 +66,22 @@ def test_amp_with_clipping_steps_like_fp32():
     plain.step()
     for a, b in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device, hidden", [("cpu", True), ("cuda", False)])
+def test_cpu_config_workers_see_no_cuda(monkeypatch, device, hidden):
+    """On a machine with CUDA, the workers of a CPU config must not get NCCL: launch() decides
+    from torch.cuda.is_available() in the worker, which CUDA_VISIBLE_DEVICES="" makes False."""
+    from iuq_d2.engine import entry
+
+    seen = {}
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        entry, "launch", lambda *a, **k: seen.update(env=os.environ.get("CUDA_VISIBLE_DEVICES"))
+    )
+    args = entry.build_argument_parser().parse_args(
+        ["--config-file", DEMO_CONFIG, "--num-gpus", "2", "MODEL.DEVICE", device]
+    )
+    entry.run(args)
+    assert seen["env"] == ("" if hidden else None)

@@ -124,10 +124,27 @@ def _main_in_worker(args: argparse.Namespace, ignored_signals: Sequence[signal.S
         os._exit(0)
 
 
+def hide_cuda_from_cpu_workers(args: argparse.Namespace) -> bool:
+    """Hide CUDA from the processes of a multi-process run whose config runs on the CPU.
+
+    detectron2's ``launch()`` gives its workers NCCL whenever CUDA is available, and NCCL
+    rejects the CPU tensors of such a run (FCOS's loss normaliser, the bank's gather, DDP);
+    workers that see no CUDA use gloo. Returns whether CUDA was hidden."""
+    if args.num_gpus * args.num_machines <= 1 or not torch.cuda.is_available():
+        return False
+    cfg = load_config(args.config_file, args.opts)
+    if torch.device(cfg.MODEL.DEVICE).type != "cpu":
+        return False
+    logger.info("MODEL.DEVICE is cpu: the worker processes use gloo and see no CUDA device")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    return True
+
+
 def run(args: argparse.Namespace, ignored_signals: Sequence[signal.Signals] = ()):
     """Start ``args.num_gpus`` processes on this machine (gloo on CPU) and run :func:`main` in
     each; ``launch()`` runs a world of one in this process instead. Spawned processes ignore
     ``ignored_signals``; their collectives time out after :func:`dist_timeout`."""
+    hide_cuda_from_cpu_workers(args)
     return launch(
         _main_in_worker,
         args.num_gpus,
