@@ -51,7 +51,7 @@ $(STAMP): setup.py scripts/install_detectron2.py Makefile $(wildcard iuq_d2/__in
 MMDET_STACK := .mmdet-stack
 MMDET_STACK_SPEC := mmdet==3.3.0 mmengine==0.10.7 mmcv-lite==2.1.0 scipy==1.17.1 six==1.17.0 \
 	addict==2.4.0 yapf==0.43.0 platformdirs==4.14.9 rich==15.0.0 markdown-it-py==4.3.0 \
-	mdurl==0.1.2 pygments==2.21.0
+	mdurl==0.1.2 pygments==2.21.0 terminaltables==3.1.10
 # The stamp names the spec, so that a changed list reinstalls.
 MMDET_STAMP := $(MMDET_STACK)/.installed-$(shell echo '$(MMDET_STACK_SPEC)' | cksum | cut -d' ' -f1)
 
