@@ -144,6 +144,29 @@ def test_pairwise_edge_inside_the_box_by_hand():
     assert pairwise_loss(LOGITS, whole, torch.ones(1, 8, 3, 3), 3, 1, 0.3) > 10 * loss
 
 
+@pytest.mark.parametrize("thresh", [0.3, 0.0, -1.0])
+@pytest.mark.parametrize("size,dilation", [(3, 2), (3, 1), (5, 1)])
+def test_pairwise_loss_gathers_the_pairs_of_the_dense_sum(thresh, size, dilation):
+    """The loss computed on the counted pairs only equals the dense sum over all of them
+    (AdelaiDet's form), several queries per instance, neighbours beyond the border included."""
+    g = torch.Generator().manual_seed(2)
+    num_gt, h, w = 3, 9, 11
+    k = size * size - 1
+    targets = (torch.rand(num_gt, 1, h, w, generator=g) > 0.4).float()
+    similarity = torch.rand(num_gt, k, h, w, generator=g)
+    similarity = similarity * neighbours(torch.ones(num_gt, 1, h, w), size, dilation)[:, 0]
+    gt_inds = torch.tensor([2, 0, 0, 1, 2, 2, 0])
+    logits = torch.randn(len(gt_inds), 1, h, w, generator=g, requires_grad=True)
+    weights = (similarity[gt_inds] >= thresh).float() * targets[gt_inds]
+    dense_terms = pairwise_terms(logits, size, dilation)
+    dense = (dense_terms * weights).sum() / weights.sum().clamp(min=1.0)
+    (dense_grad,) = torch.autograd.grad(dense, logits)
+    sparse = pairwise_loss(logits, targets, similarity, size, dilation, thresh, gt_inds)
+    (sparse_grad,) = torch.autograd.grad(sparse, logits)
+    assert sparse.item() == pytest.approx(dense.item(), rel=1e-5)
+    torch.testing.assert_close(sparse_grad, dense_grad, rtol=1e-4, atol=1e-7)
+
+
 def test_neighbours_match_a_loop_at_dilation_2():
     x = torch.arange(2 * 5 * 6, dtype=torch.float32).reshape(1, 2, 5, 6)
     got = neighbours(x, 3, 2)

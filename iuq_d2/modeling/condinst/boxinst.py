@@ -17,7 +17,7 @@ the same 8-bit values AdelaiDet converts. Rows at the bottom of every image (``b
 of the original image, AdelaiDet's COCO convention) are left out of the pairs.
 """
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ def color_similarity(lab: Tensor, valid: Tensor, size: int, dilation: int) -> Te
     """[N, size * size - 1, H, W]: ``exp(-|lab_i - lab_j| / 2)`` between every pixel i of
     ``lab`` [N, 3, H, W] and each of its neighbours j (see :func:`neighbours`), 0 where j is
     not ``valid`` ([N, H, W]) or beyond the border."""
-    distance = (lab[:, :, None] - neighbours(lab, size, dilation)).norm(dim=1)
+    distance = (lab[:, :, None] - neighbours(lab, size, dilation)).square().sum(dim=1).sqrt()
     valid_j = neighbours(valid[:, None].to(lab.dtype), size, dilation)[:, 0]
     return torch.exp(-0.5 * distance) * valid_j
 
@@ -99,15 +99,61 @@ def pairwise_terms(logits: Tensor, size: int, dilation: int) -> Tensor:
     return -torch.logaddexp(same_fg, same_bg)[:, 0]
 
 
+def neighbour_offsets(size: int, dilation: int) -> List[Tuple[int, int]]:
+    """(dy, dx) of the neighbours of :func:`neighbours`, in its order."""
+    r = size // 2
+    steps = [d * dilation for d in range(-r, r + 1)]
+    return [(dy, dx) for dy in steps for dx in steps if (dy, dx) != (0, 0)]
+
+
 def pairwise_loss(
-    logits: Tensor, targets: Tensor, similarity: Tensor, size: int, dilation: int, thresh: float
+    logits: Tensor,
+    targets: Tensor,
+    similarity: Tensor,
+    size: int,
+    dilation: int,
+    thresh: float,
+    gt_inds: Optional[Tensor] = None,
 ) -> Tensor:
-    """Mean of :func:`pairwise_terms` over the pairs whose pixel i lies in the box (``targets``
-    [Q, 1, H, W]) and whose colour ``similarity`` ([Q, size * size - 1, H, W]) is at least
-    ``thresh``; 0 without such pairs."""
-    weights = (similarity >= thresh).float() * targets.float()
-    terms = pairwise_terms(logits, size, dilation)
-    return (terms * weights).sum() / weights.sum().clamp(min=1.0)
+    """Mean of :func:`pairwise_terms` of mask logits [Q, 1, H, W] over the pairs whose pixel i
+    lies in the query's box (``targets`` [G, 1, H, W]) and whose colour ``similarity``
+    ([G, size * size - 1, H, W]) is at least ``thresh``; query q's box and similarity are
+    those of instance ``gt_inds[q]`` (default: instance q). 0 without such pairs.
+
+    Only those pairs are computed (gathered per query from its instance's list), not all
+    ``Q * (size * size - 1) * H * W``: the same sum, a fraction of the work, since most pixels
+    lie outside a query's box or have a neighbour of another colour."""
+    num_q, _, h, w = logits.shape
+    if gt_inds is None:
+        gt_inds = torch.arange(num_q, device=logits.device)
+    weights = (similarity >= thresh) & (targets > 0)  # [G, K, H, W]
+    count = weights.flatten(1).sum(dim=1)[gt_inds].sum()
+    # Neighbours beyond the border have similarity 0: with thresh <= 0 they count in the
+    # denominator, as zero terms, but are not gathered.
+    offsets = neighbour_offsets(size, dilation)
+    ys = torch.arange(h, device=logits.device)[:, None]
+    xs = torch.arange(w, device=logits.device)[None, :]
+    inside = torch.stack(
+        [(ys + dy >= 0) & (ys + dy < h) & (xs + dx >= 0) & (xs + dx < w) for dy, dx in offsets]
+    )
+    gt, k, y, x = torch.nonzero(weights & inside).unbind(dim=1)  # sorted by instance
+    shift = torch.tensor([dy * w + dx for dy, dx in offsets], device=logits.device)
+    pixel = y * w + x
+    neighbour = pixel + shift[k]
+    # Each query takes its instance's pairs: the runs of ``gt`` equal to gt_inds[q].
+    per_gt = torch.bincount(gt, minlength=weights.shape[0])
+    starts = torch.cumsum(per_gt, 0) - per_gt
+    per_query = per_gt[gt_inds]
+    query = torch.repeat_interleave(torch.arange(num_q, device=logits.device), per_query)
+    first = torch.repeat_interleave(
+        starts[gt_inds] - (torch.cumsum(per_query, 0) - per_query), per_query
+    )
+    pair = first + torch.arange(len(query), device=logits.device)
+    log_fg = F.logsigmoid(logits.float()).flatten(1)
+    log_bg = F.logsigmoid(-logits.float()).flatten(1)
+    i, j = pixel[pair], neighbour[pair]
+    same = torch.logaddexp(log_fg[query, i] + log_fg[query, j], log_bg[query, i] + log_bg[query, j])
+    return -same.sum() / count.clamp(min=1).float()
 
 
 class BoxInstCriterion:
@@ -207,11 +253,11 @@ class BoxInstCriterion:
         stride) of queries of instances ``gt_inds``; the pairwise loss weighted by
         ``(iteration + 1) / warmup_iters`` up to 1 (``iteration``: the training forwards
         before this one, a tensor, so that reading it does not wait for the device)."""
-        targets = torch.cat([x.gt_bitmasks for x in gt_instances])[gt_inds].unsqueeze(1)
-        similarity = torch.cat([x.image_color_similarity for x in gt_instances])[gt_inds]
-        loss_prj = projection_loss(logits.float().sigmoid(), targets)
+        targets = torch.cat([x.gt_bitmasks for x in gt_instances]).unsqueeze(1)
+        similarity = torch.cat([x.image_color_similarity for x in gt_instances])
+        loss_prj = projection_loss(logits.float().sigmoid(), targets[gt_inds])
         loss_pairwise = pairwise_loss(
-            logits, targets, similarity, self.size, self.dilation, self.color_thresh
+            logits, targets, similarity, self.size, self.dilation, self.color_thresh, gt_inds
         )
         if self.warmup_iters > 0:
             ramp = ((iteration.float() + 1.0) / self.warmup_iters).clamp(max=1.0)
