@@ -48,7 +48,8 @@ setup(
         # iuq_d2.export: ONNX export and its onnxruntime check; the tests run that check.
         "export": ["onnx", "onnxruntime"],
         # scikit-image: the independent LAB conversion BoxInst's colour similarity is tested on.
-        "test": ["pytest", "ruff", "onnx", "onnxruntime", "scikit-image"],
+        # pytest-timeout: a deadlocked multi-process test fails instead of hanging (pytest.ini).
+        "test": ["pytest", "pytest-timeout", "ruff", "onnx", "onnxruntime", "scikit-image"],
     },
     entry_points={"console_scripts": ["iuq_d2-slurm = iuq_d2.engine.slurm.submit:main"]},
     zip_safe=False,

@@ -1,5 +1,7 @@
-"""Shared fixtures: small configs and hand-made inputs for CondInst."""
+"""Shared fixtures: small configs and hand-made inputs for CondInst; time limits for the
+multi-process tests; skips of missing Triton or CUDA that a variable turns into failures."""
 
+import multiprocessing
 import os
 
 import pytest
@@ -10,6 +12,60 @@ from iuq_d2.engine.config_loader import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "Demo", "shapes_CondInst.yaml")
+
+# A multi-process test that deadlocks fails after this many seconds instead of hanging the suite
+# (pytest-timeout; pytest.ini's `timeout` bounds every other test). They take under a minute.
+MULTIPROCESS_TIMEOUT_S = 300
+multiprocess = pytest.mark.timeout(MULTIPROCESS_TIMEOUT_S)
+# Their process groups' timeout: a rank that waits longer for a dead or stuck peer raises.
+DIST_TIMEOUT_S = 60
+
+
+@pytest.fixture(autouse=True)
+def _end_leftover_processes():
+    """Kill the multiprocessing children that a test started and left running (a rank stuck
+    in a collective when the test timed out): Python's exit would wait for them forever."""
+    before = set(multiprocessing.active_children())
+    yield
+    for child in multiprocessing.active_children():
+        if child not in before:
+            child.kill()
+            child.join(10)
+
+
+def require_or_skip(available: bool, reason: str, variable: str) -> None:
+    """Skip the test (or module) for ``reason`` unless ``available``; where ``variable`` is "1"
+    (IUQ_REQUIRE_TRITON in CI, IUQ_REQUIRE_CUDA on a GPU machine), fail instead: there the skip
+    would hide a broken install behind a passing run."""
+    if available:
+        return
+    if os.environ.get(variable) == "1":
+        pytest.fail(f"{reason} ({variable}=1)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def import_triton():
+    """The ``triton`` module, as ``pytest.importorskip("triton")`` gives it, but a failure
+    under IUQ_REQUIRE_TRITON=1."""
+    try:
+        import triton
+    except ImportError as e:
+        require_or_skip(False, f"triton does not import: {e}", "IUQ_REQUIRE_TRITON")
+    return triton
+
+
+def require_cuda() -> None:
+    """Skip without a CUDA device; fail under IUQ_REQUIRE_CUDA=1 (benchmarks/gpu.sh)."""
+    require_or_skip(torch.cuda.is_available(), "needs a CUDA device", "IUQ_REQUIRE_CUDA")
+
+
+@pytest.fixture
+def _cuda() -> None:
+    require_cuda()
+
+
+# For a test or class: ``@requires_cuda`` (a skipif that IUQ_REQUIRE_CUDA=1 turns into a failure).
+requires_cuda = pytest.mark.usefixtures("_cuda")
 
 
 def set_keys(cfg, overrides):

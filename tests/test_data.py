@@ -36,7 +36,7 @@ from iuq_d2.data import (
 from iuq_d2.data.shapes import SHAPES_SPLITS, mask_to_polygons, render_image
 from iuq_d2.engine.trainer import Trainer
 
-from .conftest import REPO, set_keys
+from .conftest import REPO, multiprocess, set_keys
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +131,11 @@ def test_polygons_reproduce_visible_masks():
 
 
 def _generate(out_dir, barrier):
-    barrier.wait()
+    barrier.wait(60)
     ensure_shapes(out_dir, 12, 2)
 
 
+@multiprocess
 def test_concurrent_generation(tmp_path):
     out_dir = str(tmp_path / "cache" / "shapes")
     ctx = multiprocessing.get_context("fork")

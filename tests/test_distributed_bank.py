@@ -1,6 +1,7 @@
 """The query bank under real multi-process training (gloo on CPU)."""
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -9,7 +10,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torch.nn.parallel import DistributedDataParallel
 
-from .conftest import make_input
+from .conftest import DIST_TIMEOUT_S, make_input, multiprocess
 from .test_query_bank import iuq_config
 
 # Instances per image on each rank: rank 2 has none at all.
@@ -22,7 +23,13 @@ ITERATIONS = 3
 
 
 def _worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=DIST_TIMEOUT_S),  # a rank stuck in a collective raises
+    )
     torch.manual_seed(0)
     model = DistributedDataParallel(build_model(iuq_config()), broadcast_buffers=False)
     torch.manual_seed(rank)  # ranks draw different pixels
@@ -43,6 +50,7 @@ def _worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@multiprocess
 def test_bank_is_identical_on_all_ranks_and_holds_every_rank(tmp_path):
     world_size = 3
     mp.spawn(_worker, args=(world_size, str(tmp_path / "store"), str(tmp_path)), nprocs=world_size)

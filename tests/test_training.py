@@ -1,9 +1,10 @@
 """End-to-end training through train_net's entry points on small generated datasets:
-the loss goes down, --eval-only reproduces the final evaluation, --resume restores the state,
-and two CPU processes train together."""
+the loss goes down, --eval-only reproduces the final evaluation, --resume restores the state and
+continues from it, and two CPU processes train one model together."""
 
 import json
 import os
+import re
 
 import cv2
 import numpy as np
@@ -16,7 +17,9 @@ from iuq_d2.engine.entry import build_argument_parser, main, run, setup
 from iuq_d2.visualize import HEADER_HEIGHT, upscale_factor
 from iuq_d2.visualize import main as visualize_main
 
-from .conftest import DEMO_CONFIG, REPO
+from .conftest import DEMO_CONFIG, DIST_TIMEOUT_S, REPO, multiprocess
+
+RANK_DUMP = os.path.join(REPO, "tests", "slurm", "rank_dump")
 
 
 @pytest.fixture(scope="session")
@@ -136,9 +139,11 @@ def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path, small_shape
     )
     main(_args(out, small_shapes, *extra, "DATASETS.TEST", "()"))
     saved = torch.load(out / "model_0000005.pth", weights_only=False)
-    # Pretend the run died after the checkpoint of iteration 5.
+    # Pretend the run died after the checkpoint of iteration 5: it had written no metrics yet
+    # (every 20 iterations and at the last), and detectron2 appends to metrics.json.
     with open(out / "last_checkpoint", "w") as f:
         f.write("model_0000005.pth")
+    os.remove(out / "metrics.json")
 
     cfg = setup(_args(out, small_shapes, *extra, "DATASETS.TEST", "()", resume=True))
     trainer = Trainer(cfg)
@@ -156,10 +161,15 @@ def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path, small_shape
             assert torch.equal(torch.as_tensor(opt_state[index][name]), torch.as_tensor(value)), (
                 name
             )
-    trainer.train()
-    iters = [m["iteration"] for m in _metrics(out)]
-    assert iters[-1] == 11
-    assert trainer.scheduler.last_epoch == 12
+
+    # train_net's --resume finishes the run from there.
+    main(_args(out, small_shapes, *extra, "DATASETS.TEST", "()", resume=True))
+    log = (out / "log.txt").read_text()
+    assert re.findall(r"Starting training from iteration (\d+)", log) == ["0", "6"]
+    assert [m["iteration"] for m in _metrics(out)] == [11]
+    final = torch.load(out / "model_final.pth", weights_only=False)
+    assert final["iteration"] == 11
+    assert final["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 12
 
 
 def test_adamw_is_fused_and_steps_like_the_per_tensor_loop(tmp_path, small_shapes):
@@ -192,8 +202,15 @@ def test_adamw_is_fused_and_steps_like_the_per_tensor_loop(tmp_path, small_shape
     assert moved == len(start)
 
 
-def test_two_cpu_processes_train_with_gloo(tmp_path, small_shapes):
-    out = tmp_path / "ddp"
+@multiprocess
+def test_two_cpu_processes_train_with_gloo(tmp_path, small_shapes, monkeypatch):
+    """Two ranks train one model: each ends with the parameters rank 0 saved, and the query
+    bank that the ranks filled together."""
+    out, dump = tmp_path / "ddp", tmp_path / "dump"
+    dump.mkdir()
+    # Each spawned rank dumps its parameters and bank after training (rank_dump/sitecustomize).
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([RANK_DUMP, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("IUQ_TEST_RANK_DUMP", str(dump))
     args = _args(
         out,
         small_shapes,
@@ -211,10 +228,19 @@ def test_two_cpu_processes_train_with_gloo(tmp_path, small_shapes):
         "()",
     )
     args.num_gpus = 2
+    args.dist_timeout = DIST_TIMEOUT_S
     run(args)
-    assert os.path.exists(out / "model_final.pth")
-    iters = [m["iteration"] for m in _metrics(out)]
-    assert iters[-1] == 5
+    assert [m["iteration"] for m in _metrics(out)] == [5]
+    final = torch.load(out / "model_final.pth", weights_only=False)["model"]
+    ranks = [torch.load(dump / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert [(d["rank"], d["world_size"], d["iteration"]) for d in ranks] == [(0, 2, 6), (1, 2, 6)]
+    assert ranks[0]["bank"]["inter_scene.bank.valid"].any()
+    for key, value in ranks[0]["bank"].items():
+        assert torch.equal(ranks[1]["bank"][key], value), key
+    for key, value in final.items():
+        if key in ranks[0]["params"]:
+            assert torch.equal(ranks[0]["params"][key], value), key
+            assert torch.equal(ranks[1]["params"][key], value), key
 
 
 def test_train_net_script_help_runs():

@@ -40,6 +40,14 @@ def pytest_configure(config):
     )
 
 
+def pytest_collection_modifyitems(items):
+    """No pytest-timeout limit on the Slurm tests: it would count the wait for another session's
+    cluster (LOCK_WAIT_S) and the start of this one; ``_hard_timeout`` bounds each test."""
+    for item in items:
+        if item.get_closest_marker("slurm") is not None:
+            item.add_marker(pytest.mark.timeout(0))
+
+
 def pytest_terminal_summary(terminalreporter):
     if _skip_reasons:
         title = "SLURM TESTS SKIPPED: the Slurm launcher was NOT tested"

@@ -4,8 +4,9 @@
 With IUQ_TEST_RANK_DUMP=<folder> set, :class:`iuq_d2.engine.trainer.Trainer`'s ``train`` is
 wrapped, when that module is first imported, so that every rank saves what only rank 0 would
 otherwise write: its query bank (the model's ``inter_scene.bank.*`` state) after the last
-iteration, with its rank and host name, to ``<folder>/rank<R>.pt``. The two-node tests compare
-them. Without the variable nothing is changed; nothing is imported before iuq_d2 itself is.
+iteration, and its parameters, with its rank and host name, to ``<folder>/rank<R>.pt``. The
+two-node tests and the two-process training test compare them. Without the variable nothing is
+changed; nothing is imported before iuq_d2 itself is.
 """
 
 import importlib.abc
@@ -36,7 +37,8 @@ def _dump_after_train(trainer_class):
         rank = comm.get_rank()
         dump = {"rank": rank, "world_size": comm.get_world_size(), "host": socket.gethostname()}
         path = os.path.join(DUMP_DIR, f"rank{rank}.pt")
-        torch.save({**dump, "iteration": self.iter, "bank": bank}, path + ".tmp")
+        params = {k: v.detach().cpu().clone() for k, v in model.named_parameters()}
+        torch.save({**dump, "iteration": self.iter, "bank": bank, "params": params}, path + ".tmp")
         os.replace(path + ".tmp", path)
         return result
 
