@@ -85,3 +85,36 @@ def test_cpu_config_workers_see_no_cuda(monkeypatch, device, hidden):
     )
     entry.run(args)
     assert seen["env"] == ("" if hidden else None)
+
+
+def test_on_device_makes_the_tensors_device_current():
+    from iuq_d2.layers.triton_support import on_device
+
+    context = on_device(torch.device("cuda", 1))
+    assert isinstance(context, torch.cuda.device) and context.idx == 1
+
+
+def test_failed_first_use_check_warns_once_and_picks_tiled(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from iuq_d2.layers import dynamic_layer_shapes, triton_support
+
+    monkeypatch.setattr(triton_support, "_FIRST_USE", {})
+    monkeypatch.setattr(triton_support, "_LOGGED", set())
+    monkeypatch.setattr(triton_support, "triton_available", lambda: True)
+    calls = []
+
+    def failing():
+        calls.append(1)
+        raise RuntimeError("PTX .version 9.9 does not support .target sm_61")
+
+    cuda = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0), dtype=torch.float16)
+    shapes = dynamic_layer_shapes(10, 8, 3)
+    with caplog.at_level("INFO", logger=triton_support.__name__):
+        for _ in range(3):
+            assert triton_support.resolve_impl("auto", cuda, shapes, 10, "op", failing) == "tiled"
+    assert calls == [1]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "sm_61" in warnings[0].getMessage()
+    assert any("op on cuda:0 (torch.float16): tiled" in r.getMessage() for r in caplog.records)
+    assert triton_support.resolve_impl("auto", cuda, shapes, 10, "op2", lambda: None) == "triton"

@@ -12,8 +12,9 @@ minimum), so they are broadcast-multiply-reduce in fp32.
 """
 
 import contextlib
+import logging
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -26,6 +27,7 @@ except Exception as e:  # ImportError, or a broken install (e.g. no compatible b
 else:
     TRITON_IMPORT_ERROR = None
 
+logger = logging.getLogger(__name__)
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BLOCK_N = 32
 NUM_WARPS = 4
@@ -56,21 +58,75 @@ def three_layer_hidden(layer_shapes: Sequence[Tuple[int, int]], c_in: int) -> Op
 
 
 IMPLS = ("auto", "reference", "tiled", "triton")
+# (op, device, dtype) -> whether its Triton path passed the first-use check in this process.
+_FIRST_USE: Dict[Tuple[str, str, torch.dtype], bool] = {}
+_LOGGED: set = set()
+
+# The first-use check of an op: None when its Triton path agrees with its tiled path on a small
+# problem, else the reason (a compile or launch error is caught by the caller).
+FirstUseCheck = Callable[[], Optional[str]]
+
+
+def passes_first_use_check(
+    op: str, device: torch.device, dtype: torch.dtype, check: FirstUseCheck
+) -> bool:
+    """Run ``check`` once per (op, device, dtype) in this process and remember its verdict; a
+    failure warns once, naming the reason, and the op then runs on its tiled path."""
+    key = (op, str(device), dtype)
+    if key not in _FIRST_USE:
+        try:
+            reason = check()
+        except Exception as e:  # a compile or launch error of the kernels
+            reason = f"{type(e).__name__}: {e}"
+        _FIRST_USE[key] = reason is None
+        if reason is not None:
+            logger.warning(
+                f"{op}: the Triton kernels failed their first-use check on {device} ({dtype}): "
+                f"{reason}. Using the tiled path instead."
+            )
+    return _FIRST_USE[key]
 
 
 def resolve_impl(
-    impl: str, tensor: torch.Tensor, layer_shapes: Sequence[Tuple[int, int]], c_in: int
+    impl: str,
+    tensor: torch.Tensor,
+    layer_shapes: Sequence[Tuple[int, int]],
+    c_in: int,
+    op: str = "",
+    check: Optional[FirstUseCheck] = None,
 ) -> str:
-    """``impl``, or for "auto" the Triton kernels where they run and support the head (a CUDA
-    ``tensor``, Triton importable, three layers), the tiled path elsewhere."""
+    """``impl``, or for "auto" the Triton kernels where they run, support the head (a CUDA
+    ``tensor``, Triton importable, three layers) and pass ``check`` on first use, the tiled path
+    elsewhere. The choice for ``op`` is logged once per device and dtype."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl != "auto":
         return impl
     supported = three_layer_hidden(layer_shapes, c_in) is not None
+    chosen = "tiled"
     if tensor.is_cuda and triton_available() and supported:
-        return "triton"
-    return "tiled"
+        passed = check is None or passes_first_use_check(op, tensor.device, tensor.dtype, check)
+        chosen = "triton" if passed else "tiled"
+    if op and (op, str(tensor.device), tensor.dtype) not in _LOGGED:
+        _LOGGED.add((op, str(tensor.device), tensor.dtype))
+        logger.info(f"{op} on {tensor.device} ({tensor.dtype}): {chosen} implementation")
+    return chosen
+
+
+def compare_paths(
+    name: str, got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]
+) -> Optional[str]:
+    """None when every tensor of ``got`` is within 1e-3 of ``expected`` relative to the largest
+    magnitude of its expected tensor (both paths accumulate in fp32), else which one is off."""
+    for index, (a, b) in enumerate(zip(got, expected)):
+        a, b = a.detach().float(), b.detach().float()
+        scale = float(b.abs().max()) if b.numel() else 0.0
+        if a.shape != b.shape or not bool(torch.isfinite(a).all()):
+            return f"{name} output {index}: shape {tuple(a.shape)} or non-finite values"
+        error = float((a - b).abs().max()) if b.numel() else 0.0
+        if error > 1e-3 * (1.0 + scale):
+            return f"{name} output {index} is {error:.3g} off the tiled path (scale {scale:.3g})"
+    return None
 
 
 def check_three_layers(layer_shapes: Sequence[Tuple[int, int]], c_in: int) -> int:

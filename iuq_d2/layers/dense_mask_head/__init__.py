@@ -12,12 +12,44 @@ logits at the stride of the features; upsampling stays with the caller.
 
 from typing import Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor
 
-from ..triton_support import IMPLS, resolve_impl
+from ..dynamic_mlp import autocast_off
+from ..triton_support import IMPLS, FirstUseCheck, compare_paths, resolve_impl
 from .reference import reference_dense_mask_logits
 from .tiled import tiled_dense_mask_logits
 from .triton_kernels import triton_dense_mask_logits
+
+
+def _check_triton_dense_head(
+    mask_feats: Tensor,
+    params: Tensor,
+    stride: int,
+    layer_shapes: Sequence[Tuple[int, int]],
+    use_rel_coords: bool,
+) -> FirstUseCheck:
+    """The Triton path against the tiled one, forward and backward, on a small problem of the
+    real channels, layers, dtypes and device."""
+
+    def check() -> Optional[str]:
+        g = torch.Generator().manual_seed(0)
+        device, channels = mask_feats.device, mask_feats.shape[1]
+        p = torch.randn(4, params.shape[1], generator=g) * 0.3
+        f = torch.randn(2, channels, 5, 7, generator=g)
+        locations = (torch.rand(4, 2, generator=g) * stride * 6).to(device)
+        args = (torch.tensor([0, 1, 1, 0], device=device), locations)
+        args += (torch.full((4,), 64.0, device=device), stride, layer_shapes, use_rel_coords)
+        results = []
+        with torch.enable_grad(), autocast_off(device):
+            for path in (triton_dense_mask_logits, tiled_dense_mask_logits):
+                pp = p.to(device, params.dtype).requires_grad_()
+                ff = f.to(device, mask_feats.dtype).requires_grad_()
+                out = path(ff, pp, *args)
+                results.append([out, *torch.autograd.grad(out.float().sum(), [pp, ff])])
+        return compare_paths("dense mask head", *results)
+
+    return check
 
 
 def dense_mask_logits(
@@ -52,7 +84,8 @@ def dense_mask_logits(
         [Q, 1, H, W] logits; [0, 1, H, W] (still in the graph) without queries.
     """
     c_in = mask_feats.shape[1] + (2 if use_rel_coords else 0)
-    impl = resolve_impl(impl, mask_feats, layer_shapes, c_in)
+    check = _check_triton_dense_head(mask_feats, params, int(stride), layer_shapes, use_rel_coords)
+    impl = resolve_impl(impl, mask_feats, layer_shapes, c_in, "dense mask head", check)
     args = (mask_feats, params, im_inds, locations, soi, int(stride), layer_shapes, use_rel_coords)
     if impl == "reference":
         return reference_dense_mask_logits(*args)

@@ -13,13 +13,51 @@ relative coordinates into the first layer (``dynamic_mlp.fold_dynamic_params``):
 
 from typing import List, Optional, Tuple
 
+import torch
 from torch import Tensor
 
-from ..triton_support import IMPLS, resolve_impl
+from ..dynamic_mlp import autocast_off
+from ..triton_support import IMPLS, FirstUseCheck, compare_paths, resolve_impl
 from .pairs import NORMALIZATIONS, InterSceneStats, focal_and_grad, inter_scene_weights
 from .reference import reference_inter_scene_focal_loss, reference_pair_logits
 from .tiled import tiled_inter_scene_focal_loss
 from .triton_kernels import triton_inter_scene_focal_loss
+
+
+def _check_triton_inter_scene(
+    params: Tensor,
+    pixel_feats: Tensor,
+    layer_shapes: List[Tuple[int, int]],
+    use_rel_coords: bool,
+    normalization: str,
+) -> FirstUseCheck:
+    """The Triton path against the tiled one, loss and gradient, on a small problem of the real
+    channels, layers, dtypes and device."""
+
+    def check() -> Optional[str]:
+        g = torch.Generator().manual_seed(0)
+        device = params.device
+        p = torch.randn(4, params.shape[1], generator=g) * 0.3
+        f = torch.randn(40, pixel_feats.shape[1], generator=g).to(device, pixel_feats.dtype)
+        args = (
+            (torch.rand(4, 2, generator=g) * 100).to(device),
+            torch.full((4,), 64.0, device=device),
+            torch.tensor([0, 0, 1, 2], device=device),
+            f,
+            (torch.rand(40, 2, generator=g) * 100).to(device),
+            torch.randint(0, 4, (40,), generator=g).to(device),
+            layer_shapes,
+            use_rel_coords,
+        )
+        results = []
+        with torch.enable_grad(), autocast_off(device):
+            for path in (triton_inter_scene_focal_loss, tiled_inter_scene_focal_loss):
+                pp = p.to(device, params.dtype).requires_grad_()
+                loss, _ = path(pp, *args, normalization=normalization)
+                results.append([loss, *torch.autograd.grad(loss, [pp])])
+        return compare_paths("inter-scene loss", *results)
+
+    return check
 
 
 def inter_scene_focal_loss(
@@ -61,7 +99,10 @@ def inter_scene_focal_loss(
     """
     pixel_feats = pixel_feats.detach()
     c_in = pixel_feats.shape[1] + (2 if use_rel_coords else 0)
-    impl = resolve_impl(impl, params, layer_shapes, c_in)
+    check = _check_triton_inter_scene(
+        params, pixel_feats, layer_shapes, use_rel_coords, normalization
+    )
+    impl = resolve_impl(impl, params, layer_shapes, c_in, "inter-scene loss", check)
     args = (
         params,
         query_anchors,
