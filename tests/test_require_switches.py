@@ -2,11 +2,24 @@
 not import, and on a GPU machine a CUDA that torch cannot see, must not pass as skips."""
 
 import sys
+from typing import Callable
 
 import pytest
 import torch
 
 from .conftest import import_triton, require_cuda, require_or_skip
+
+
+def outcome(call: Callable[[], object]) -> str:
+    """What ``call`` makes of the test: "ran", "skipped: <reason>" or "failed: <reason>". Caught
+    here, so that a skip where a failure is due fails this test instead of skipping it."""
+    try:
+        call()
+    except pytest.skip.Exception as e:
+        return f"skipped: {e.msg}"
+    except pytest.fail.Exception as e:
+        return f"failed: {e.msg}"
+    return "ran"
 
 
 @pytest.fixture
@@ -19,38 +32,36 @@ def no_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
-def test_missing_dependency_skips_by_default(monkeypatch):
+@pytest.mark.parametrize("value", [None, "0", "1"])
+def test_available_dependency_runs(monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv("IUQ_REQUIRE_X", raising=False)
+    else:
+        monkeypatch.setenv("IUQ_REQUIRE_X", value)
+    assert outcome(lambda: require_or_skip(True, "no x", "IUQ_REQUIRE_X")) == "ran"
+
+
+def test_missing_dependency_skips_unless_required(monkeypatch):
     monkeypatch.delenv("IUQ_REQUIRE_X", raising=False)
-    require_or_skip(True, "unused", "IUQ_REQUIRE_X")
-    with pytest.raises(pytest.skip.Exception, match="no x"):
-        require_or_skip(False, "no x", "IUQ_REQUIRE_X")
+    missing = lambda: require_or_skip(False, "no x", "IUQ_REQUIRE_X")  # noqa: E731
+    assert outcome(missing) == "skipped: no x"
     monkeypatch.setenv("IUQ_REQUIRE_X", "0")
-    with pytest.raises(pytest.skip.Exception):
-        require_or_skip(False, "no x", "IUQ_REQUIRE_X")
-
-
-def test_required_dependency_fails(monkeypatch):
+    assert outcome(missing) == "skipped: no x"
     monkeypatch.setenv("IUQ_REQUIRE_X", "1")
-    require_or_skip(True, "unused", "IUQ_REQUIRE_X")
-    with pytest.raises(pytest.fail.Exception, match=r"no x \(IUQ_REQUIRE_X=1\)"):
-        require_or_skip(False, "no x", "IUQ_REQUIRE_X")
+    assert outcome(missing) == "failed: no x (IUQ_REQUIRE_X=1)"
 
 
 @pytest.mark.usefixtures("no_triton")
 def test_triton_that_does_not_import(monkeypatch):
     monkeypatch.delenv("IUQ_REQUIRE_TRITON", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="triton does not import"):
-        import_triton()
+    assert outcome(import_triton).startswith("skipped: triton does not import")
     monkeypatch.setenv("IUQ_REQUIRE_TRITON", "1")
-    with pytest.raises(pytest.fail.Exception, match="IUQ_REQUIRE_TRITON=1"):
-        import_triton()
+    assert outcome(import_triton).endswith("(IUQ_REQUIRE_TRITON=1)")
 
 
 @pytest.mark.usefixtures("no_cuda")
 def test_cuda_that_torch_cannot_see(monkeypatch):
     monkeypatch.delenv("IUQ_REQUIRE_CUDA", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="needs a CUDA device"):
-        require_cuda()
+    assert outcome(require_cuda) == "skipped: needs a CUDA device"
     monkeypatch.setenv("IUQ_REQUIRE_CUDA", "1")
-    with pytest.raises(pytest.fail.Exception, match="IUQ_REQUIRE_CUDA=1"):
-        require_cuda()
+    assert outcome(require_cuda) == "failed: needs a CUDA device (IUQ_REQUIRE_CUDA=1)"
