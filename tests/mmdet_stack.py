@@ -52,7 +52,7 @@ def import_mmdet() -> types.ModuleType:
     """mmdet with its CondInst registered; skips the test where the folder is absent, fails
     instead with IUQ_REQUIRE_MMDET=1 (CI, where a skip would pass unseen)."""
     if not os.path.isdir(os.path.join(STACK, "mmdet")):
-        reason = f"mmdetection stack not installed in {STACK} (make install)"
+        reason = f"mmdetection stack not installed in {STACK} (make mmdet-stack; make test does it)"
         if os.environ.get("IUQ_REQUIRE_MMDET") == "1":
             pytest.fail(reason + " (IUQ_REQUIRE_MMDET=1)", pytrace=False)
         pytest.skip(reason)

@@ -16,6 +16,7 @@ from detectron2.modeling import build_model, build_resnet_backbone
 from iuq_d2.convert import convert_mmdet_condinst, mmdet_condinst_key_pairs, resnet_key_pairs
 from iuq_d2.convert.__main__ import main as convert_main
 from iuq_d2.engine.config_loader import load_config
+from iuq_d2.export.traceable import TraceableCondInst
 
 from .conftest import REPO
 
@@ -135,3 +136,10 @@ def test_command_line_without_mmengine_objects(condinst, tmp_path):
     DetectionCheckpointer(fresh).load(target)
     for key, value in condinst.state_dict().items():
         assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_export_refuses_mmdetection_postprocessing(condinst):
+    """The traced decoding is AdelaiDet's: exporting with mmdetection's keys would change the
+    detections silently."""
+    with pytest.raises(ValueError, match="MODEL.FCOS.PRE_NMS_RANK_WITH_CTR"):
+        TraceableCondInst(condinst)

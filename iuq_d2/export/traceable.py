@@ -23,6 +23,15 @@ from ..modeling.fcos.targets import compute_locations
 # Names of the exported graph's input and outputs, in order.
 INPUT_NAMES = ["image"]
 OUTPUT_NAMES = ["boxes", "scores", "classes", "masks"]
+# FCOS post-processing keys whose only traced value is AdelaiDet's: (attribute, key, value).
+# mmdetection's converted CondInst (configs/CondInst/mmdet_R_50_ms_poly_90k.yaml) sets others.
+_TRACED_POSTPROCESSING = [
+    ("pre_nms_rank_with_ctr", "PRE_NMS_RANK_WITH_CTR", True),
+    ("clip_boxes_before_nms", "CLIP_BOXES_BEFORE_NMS", False),
+    ("min_box_size", "MIN_BOX_SIZE_TEST", -1.0),
+    ("sqrt_score", "SQRT_SCORE_TEST", True),
+    ("post_nms_keep_ties", "POST_NMS_KEEP_TIES", True),
+]
 
 
 class TraceableCondInst(nn.Module):
@@ -38,6 +47,15 @@ class TraceableCondInst(nn.Module):
     def __init__(self, model: CondInst):
         super().__init__()
         fcos = model.proposal_generator
+        untraced = [
+            f"MODEL.FCOS.{key}"
+            for attr, key, v in _TRACED_POSTPROCESSING
+            if getattr(fcos, attr) != v
+        ]
+        if untraced:
+            raise ValueError(
+                f"export traces AdelaiDet's FCOS post-processing only; {untraced} differ"
+            )
         self.backbone = model.backbone
         self.fcos_head = fcos.fcos_head
         self.controller = model.controller
