@@ -289,6 +289,26 @@ def test_unusable_annotations_are_skipped(tmp_path, caplog):
         assert len(mapper(d)["instances"]) == expected
 
 
+@pytest.mark.parametrize("mask_format", ["polygon", "bitmask"])
+def test_collinear_polygon_with_a_box_trains_no_empty_mask(tmp_path, mask_format):
+    """Three points on a line, with a positive box: the loader keeps the annotation (3 points),
+    the mapper drops its instance, whose mask would be empty, in either mask format."""
+    data = valid_coco(tmp_path)
+    data["annotations"].append(ann(3, 1, 2, [20, 10, 10, 10], [[20, 10, 25, 15, 30, 20]]))
+    d = load_coco_json_checked(write_coco(tmp_path, data), str(tmp_path / "images"))[0]
+    assert [a["category_id"] for a in d["annotations"]] == [1, 2]
+    cfg = make_cfg(
+        **{
+            "INPUT.MASK_FORMAT": mask_format,
+            "INPUT.MIN_SIZE_TRAIN": (60,),  # twice the size
+            "INPUT.RANDOM_FLIP": "none",
+        }
+    )
+    instances = CondInstDatasetMapper(cfg, True)(d)["instances"]
+    assert instances.gt_classes.tolist() == [1]
+    assert instances.gt_boxes.tensor.tolist() == [[10, 10, 30, 30]]
+
+
 @pytest.mark.parametrize("hflip", [True, False])
 def test_hflip_train_switches_the_training_flip(hflip):
     """AdelaiDet's INPUT.HFLIP_TRAIN: False trains without the flip, test mapping never flips."""

@@ -130,7 +130,12 @@ class CondInstDatasetMapper(DatasetMapper):
         # Set when cropping: a cropped object's box is no longer the crop of its old box.
         if self.recompute_boxes:
             instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
-        return utils.filter_empty_instances(instances)
+        instances = utils.filter_empty_instances(instances)
+        # That keeps a polygon mask with points but no area (collinear, or made so by a crop),
+        # which would train its instance towards an empty mask.
+        if instances.has("gt_masks") and isinstance(instances.gt_masks, PolygonMasks):
+            instances = instances[instances.gt_masks.area() > 0]
+        return instances
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
         """Return the dict with "image" (CHW uint8 tensor) and, in training, "instances"."""
