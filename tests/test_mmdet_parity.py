@@ -126,7 +126,9 @@ def assert_close(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
     """Equal up to float32 rounding, relative to the tensor's scale."""
     assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} vs {tuple(theirs.shape)}"
     scale = theirs.abs().max().clamp(min=1.0)
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * float(scale), msg=what)
+    torch.testing.assert_close(
+        ours, theirs, rtol=1e-5, atol=1e-5 * float(scale), msg=lambda m: f"{what}: {m}"
+    )
 
 
 def test_features_and_head_outputs(models):
@@ -294,3 +296,36 @@ def test_postprocessing_crafted(models, case):
     expected = {"threshold": 40, "ties": 100}[case]
     assert len(theirs) == expected, "the crafted case no longer tests what it should"
     assert_same_detections(ours, theirs, case)
+
+
+def test_test_time_image_loading_and_resize(tmp_path):
+    """mmdetection's test pipeline (its config: Pillow decoding, Resize to (1333, 800) with
+    Pillow) and ours (detectron2's read_image, ResizeShortestEdge from INPUT.MIN_SIZE_TEST and
+    MAX_SIZE_TEST) give the same pixels, so evaluation at full size sees the same input."""
+    import cv2
+    from detectron2.data import transforms as T
+    from detectron2.data.detection_utils import read_image
+
+    mmdet = mmdet_stack.import_mmdet()
+    from mmdet.registry import TRANSFORMS
+    from mmengine.config import Config
+
+    configs = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs")
+    pipeline = Config.fromfile(os.path.join(configs, mmdet_stack.CONDINST_CONFIG)).test_pipeline
+    steps = [TRANSFORMS.build(t) for t in pipeline if t["type"] in ("LoadImageFromFile", "Resize")]
+    assert len(steps) == 2
+    cfg = load_config(CONFIG, ["MODEL.DEVICE", "cpu"])
+    resize = T.ResizeShortestEdge(
+        [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+    )
+    g = torch.Generator().manual_seed(SEED + 3)
+    for h, w in [*IMAGE_SIZES, (427, 640), (500, 1500)]:
+        path = str(tmp_path / f"{h}x{w}.jpg")
+        cv2.imwrite(path, torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy())
+        results = {"img_path": path}
+        for step in steps:
+            results = step(results)
+        image = read_image(path, format="BGR")  # mmdetection's channel order; resize is per channel
+        ours = resize.get_transform(image).apply_image(image)
+        assert ours.shape == results["img"].shape, (h, w)
+        assert np.array_equal(ours, results["img"]), (h, w)
