@@ -1,7 +1,6 @@
 """Checkpoints of other code bases, converted to iuq_d2's parameter names."""
 
 from .mmdetection import (
-    MMDET_CONDINST_NUM_LEVELS,
     convert_mmdet_condinst,
     mmdet_condinst_key_pairs,
     read_mmdet_state_dict,
@@ -9,7 +8,6 @@ from .mmdetection import (
 )
 
 __all__ = [
-    "MMDET_CONDINST_NUM_LEVELS",
     "convert_mmdet_condinst",
     "mmdet_condinst_key_pairs",
     "read_mmdet_state_dict",

@@ -9,6 +9,7 @@ needs no mmdetection, and refuses a checkpoint whose tensors are not exactly tha
 tests/test_mmdet_parity.py checks the converted network against mmdetection itself.
 """
 
+import logging
 import pickle
 import types
 from typing import Any, Dict, List, Optional, Tuple
@@ -16,9 +17,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+logger = logging.getLogger(__name__)
+
 RESNET50_BLOCKS = (3, 4, 6, 3)
 # P3-P7; mmdetection's CondInst normalises relative coordinates by 8 strides of the query's level.
-MMDET_CONDINST_NUM_LEVELS = 5
+_NUM_LEVELS = 5
 _MMDET_SIZE_OF_INTEREST = 8
 _FCOS_STRIDES = (8, 16, 32, 64, 128)
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
@@ -82,7 +85,7 @@ def mmdet_condinst_key_pairs(num_tower_convs: int = 4, num_branch_convs: int = 4
     _conv(pairs, "bbox_head.conv_centerness", f"{head}.ctrness")
     pairs.extend(
         (f"bbox_head.scales.{level}.scale", f"{head}.scales.{level}.scale")
-        for level in range(MMDET_CONDINST_NUM_LEVELS)
+        for level in range(_NUM_LEVELS)
     )
     _conv(pairs, "bbox_head.controller", "controller")
 
@@ -156,11 +159,13 @@ _lenient_pickle.load = pickle.load  # type: ignore[attr-defined]
 
 def read_mmdet_state_dict(path: str) -> Dict[str, Tensor]:
     """The ``state_dict`` of an mmdetection checkpoint file. Tries a weights-only load first;
-    a ``meta`` that pickles mmengine objects needs a full unpickling, in which classes that
-    cannot be imported (mmengine's, without mmdetection installed) become placeholders."""
+    a ``meta`` that pickles mmengine objects needs a full unpickling (which, as any such load,
+    runs what the file asks: convert files you trust), in which classes that cannot be
+    imported (mmengine's, without mmdetection installed) become placeholders."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
+        logger.warning(f"{path} holds more than tensors: unpickling it fully")
         checkpoint = torch.load(
             path, map_location="cpu", weights_only=False, pickle_module=_lenient_pickle
         )
