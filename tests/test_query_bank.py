@@ -220,6 +220,12 @@ def test_training_step_fills_bank_and_logs():
     torch.manual_seed(0)
     model = build_model(iuq_config())
     with EventStorage() as storage:
+        model(_two_image_batch())
+        # Statistics read back from the device wait for the writer's iterations.
+        assert "iuq/inter_frac_firing" not in storage.latest()
+        assert "iuq/bank_fill" in storage.latest()
+    with EventStorage(start_iter=19) as storage:
+        model.inter_scene.bank = type(model.inter_scene.bank)(500, 8)
         losses = model(_two_image_batch())
         assert "loss_inter" in losses and torch.isfinite(losses["loss_inter"])
         assert model.inter_scene.bank.num_filled == 3 * 6

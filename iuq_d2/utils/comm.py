@@ -1,5 +1,6 @@
 """Tensor collectives that degrade to no-ops in a single process."""
 
+import math
 from typing import List, Tuple
 
 import torch
@@ -25,9 +26,10 @@ def to_float_tensor(value: float, like: Tensor) -> Tensor:
 def all_gather_rows(*tensors: Tensor) -> Tuple[List[Tensor], List[int]]:
     """Concatenate, in rank order, each tensor's rows from every process.
 
-    Row counts may differ per process (also zero). Counts are exchanged first; every process
-    then sends its rows padded to the largest count, so the payload collectives have one fixed
-    size, and the padding is cut off using the counts. All processes get identical results.
+    Row counts may differ per process (also zero). Two collectives, whatever the number of
+    tensors: the counts (one host sync), then every tensor packed side by side into one float64
+    buffer padded to the largest count, which holds float32 values and int64 ids below 2**53
+    exactly. All processes get identical results.
 
     Returns:
         the gathered tensors and the row count each rank contributed.
@@ -39,15 +41,20 @@ def all_gather_rows(*tensors: Tensor) -> Tuple[List[Tensor], List[int]]:
     count = torch.tensor([num_rows], dtype=torch.int64, device=tensors[0].device)
     counts_list = [torch.zeros_like(count) for _ in range(world_size)]
     dist.all_gather(counts_list, count)
-    counts = [int(c.item()) for c in counts_list]
+    counts = torch.cat(counts_list).tolist()
     max_rows = max(counts)
     if max_rows == 0:
         return list(tensors), counts
-    gathered = []
-    for t in tensors:
-        padded = t.new_zeros((max_rows, *t.shape[1:]))
-        padded[:num_rows] = t
-        buffers = [torch.empty_like(padded) for _ in range(world_size)]
-        dist.all_gather(buffers, padded)
-        gathered.append(torch.cat([b[:c] for b, c in zip(buffers, counts)]))
+    widths = [math.prod(t.shape[1:]) for t in tensors]
+    columns = [t.reshape(num_rows, w) for t, w in zip(tensors, widths)]
+    packed = torch.zeros(max_rows, sum(widths), dtype=torch.float64, device=count.device)
+    if num_rows:
+        packed[:num_rows] = torch.cat([c.to(torch.float64) for c in columns], dim=1)
+    buffers = [torch.empty_like(packed) for _ in range(world_size)]
+    dist.all_gather(buffers, packed)
+    rows = torch.cat([b[:c] for b, c in zip(buffers, counts)])
+    gathered = [
+        part.to(t.dtype).reshape(-1, *t.shape[1:])
+        for part, t in zip(torch.split(rows, widths, dim=1), tensors)
+    ]
     return gathered, counts

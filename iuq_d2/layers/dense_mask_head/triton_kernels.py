@@ -256,6 +256,14 @@ def launch_forward(
     return out
 
 
+def feature_grad_segments(im_inds: Tensor, num_images: int) -> Tuple[Tensor, Tensor, int]:
+    """The queries sorted by image, the image bounds on the device and the most queries of one
+    image: what the features' gradient kernel needs (one host sync, for the last)."""
+    order, bounds = image_segments(im_inds, num_images)
+    most = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    return order, torch.tensor(bounds, dtype=torch.int64).to(im_inds.device), most
+
+
 def launch_backward(
     params: Tensor,
     feats: Tensor,
@@ -266,8 +274,11 @@ def launch_backward(
     width: int,
     consts: dict,
     need_feats: bool,
+    segments: Optional[Tuple[Tensor, Tensor, int]] = None,
 ) -> Tuple[Tensor, Optional[Tensor]]:
-    """fp32 d params [Q, P] and d feats [B, C, HW] (or None) from d logits [Q, HW]."""
+    """fp32 d params [Q, P] and d feats [B, C, HW] (or None) from d logits [Q, HW].
+    ``segments`` (:func:`feature_grad_segments`), computed ahead, keep the host sync it costs
+    out of the backward."""
     num_q, num_p = params.shape
     num_images, channels, hw = feats.shape
     device = feats.device
@@ -287,12 +298,10 @@ def launch_backward(
     )
     d_params = part.sum(0)
     if need_feats:
-        order, bounds = image_segments(im_inds, num_images)
-        most = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+        order, bounds_t, most = segments or feature_grad_segments(im_inds, num_images)
         groups = max(1, min(most, triton.cdiv(target, num_blocks * num_images)))
         per_group = triton.cdiv(most, groups)
         groups = triton.cdiv(most, per_group)
-        bounds_t = torch.tensor(bounds, dtype=torch.int64, device=device)
         part = torch.empty(groups, num_images, channels, hw, dtype=torch.float32, device=device)
         _feats_grad_kernel[(num_blocks, num_images, groups)](
             *tensors,
@@ -329,6 +338,10 @@ class TritonDenseMaskHead(torch.autograd.Function):
         params, feats = params.detach(), feats.detach()
         with on_device(feats.device):
             out = launch_forward(params, feats, locations, soi, im_inds, width, consts)
+        # Read in the forward: a host sync in the backward would stall DDP's overlap.
+        ctx.segments = None
+        if ctx.needs_input_grad[1]:
+            ctx.segments = feature_grad_segments(im_inds, feats.shape[0])
         ctx.save_for_backward(params, feats, locations, soi, im_inds)
         ctx.width, ctx.consts = width, consts
         return out
@@ -349,6 +362,7 @@ class TritonDenseMaskHead(torch.autograd.Function):
                 ctx.width,
                 ctx.consts,
                 need_feats,
+                ctx.segments,
             )
         d_feats = d_feats.to(feats.dtype) if need_feats else None
         return (d_params.to(params.dtype), d_feats) + (None,) * 5

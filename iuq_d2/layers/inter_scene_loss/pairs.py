@@ -39,23 +39,29 @@ def inter_scene_weights(
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    query_images, pixel_images = query_images.reshape(-1), pixel_images.reshape(-1)
     num_q, num_n = query_images.numel(), pixel_images.numel()
-    ids = torch.cat([query_images.reshape(-1), pixel_images.reshape(-1)])
-    _, inverse = torch.unique(ids, return_inverse=True)
-    q_ids, p_ids = inverse[:num_q], inverse[num_q:]
-    num_ids = int(inverse.max()) + 1 if inverse.numel() else 0
-    q_count = torch.bincount(q_ids, minlength=num_ids)
-    p_count = torch.bincount(p_ids, minlength=num_ids)
-    num_pairs = num_q * num_n - (q_count * p_count).sum()
+    device = pixel_images.device
+    # Entries per image, counted by searching the sorted ids: no host sync (torch.unique and
+    # bincount's size would need one).
+    sorted_ids = torch.sort(pixel_images).values
+
+    def entries_of(ids: Tensor) -> Tensor:
+        right = torch.searchsorted(sorted_ids, ids, right=True)
+        return right - torch.searchsorted(sorted_ids, ids)
+
+    q_count = entries_of(query_images)  # entries of each query's own image
+    num_pairs = num_q * num_n - q_count.sum()
     if normalization == "pairs":
         qw = (1.0 / num_pairs.clamp(min=1).to(dtype)).expand(num_q).contiguous()
-        pw = torch.ones(num_n, dtype=dtype, device=ids.device)
+        pw = torch.ones(num_n, dtype=dtype, device=device)
     else:
-        pw = 1.0 / p_count[p_ids].to(dtype)
-        others = (p_count > 0).sum() - (p_count[q_ids] > 0).long()  # other images with entries
+        pw = 1.0 / entries_of(pixel_images).to(dtype)
+        entry_images = (sorted_ids[1:] != sorted_ids[:-1]).sum() + int(num_n > 0)
+        others = entry_images - (q_count > 0).long()  # other images with entries
         has_other = others > 0
         denom = (has_other.sum().clamp(min=1) * others.clamp(min=1)).to(dtype)
-        qw = torch.where(has_other, 1.0 / denom, torch.zeros((), dtype=dtype, device=ids.device))
+        qw = torch.where(has_other, 1.0 / denom, torch.zeros((), dtype=dtype, device=device))
     return qw, pw, num_pairs
 
 

@@ -17,6 +17,9 @@ from ..condinst.dynamic_mask_head import DynamicMaskHead
 from .query_bank import BankEntries, QueryBank
 
 COORD_MODES = ("instance_centered", "overlay")
+# detectron2's PeriodicWriter writes every 20 iterations: statistics that must be read back from
+# the device are logged on those iterations only.
+LOG_PERIOD = 20
 
 
 def image_ids_of(batched_inputs: List[dict], device: torch.device) -> Tensor:
@@ -31,7 +34,10 @@ def image_ids_of(batched_inputs: List[dict], device: torch.device) -> Tensor:
                 str(image_id if image_id is not None else x["file_name"]).encode()
             )
         ids.append(image_id)
-    return torch.tensor(ids, dtype=torch.int64, device=device)
+    ids = torch.tensor(ids, dtype=torch.int64)
+    if device.type == "cuda":  # from pinned memory the copy does not wait for the device
+        return ids.pin_memory().to(device, non_blocking=True)
+    return ids.to(device)
 
 
 def cell_masks(bitmasks_full: Tensor, feat_shape: Tuple[int, int], stride: int) -> Tensor:
@@ -45,12 +51,11 @@ def cell_masks(bitmasks_full: Tensor, feat_shape: Tuple[int, int], stride: int) 
 
 @torch.no_grad()
 def random_subset(num: int, cap: int, device: torch.device) -> Optional[Tensor]:
-    """Indices of ``cap`` of ``num`` rows drawn at random (on the CPU generator, so that a run
-    draws the same on any device), or None when ``cap`` is negative (no cap) or not below
-    ``num``."""
+    """Indices of ``cap`` of ``num`` rows drawn at random on ``device`` (no host sync), or None
+    when ``cap`` is negative (no cap) or not below ``num``."""
     if not 0 <= cap < num:
         return None
-    return torch.randperm(num, device="cpu")[:cap].to(device)
+    return torch.randperm(num, device=device)[:cap]
 
 
 def sample_instance_cells(
@@ -73,19 +78,18 @@ def sample_instance_cells(
         cells = cell_masks(inst.gt_bitmasks_full, feat_shape, stride).flatten(1).float()
         centers = inst.gt_boxes.get_centers()
         tiny = (cells.sum(dim=1) == 0) & (inst.gt_bitmasks_full.flatten(1).amax(dim=1) > 0)
-        if tiny.any():
-            cx = (centers[tiny, 0] // stride).long().clamp(0, w - 1)
-            cy = (centers[tiny, 1] // stride).long().clamp(0, h - 1)
-            cells[tiny.nonzero().squeeze(1), cy * w + cx] = 1.0
+        cx = (centers[:, 0] // stride).long().clamp(0, w - 1)
+        cy = (centers[:, 1] // stride).long().clamp(0, h - 1)
+        rows_of = torch.arange(len(cells), device=cells.device)
+        cells[rows_of, cy * w + cx] += tiny.float()  # tiny: 0 there before, 1 now
         keep = torch.nonzero(cells.sum(dim=1) > 0).squeeze(1)
         if len(keep) > 0:
             cells = cells[keep]
             enough = cells.sum(dim=1) >= k
             picked = torch.empty((len(keep), k), dtype=torch.int64, device=cells.device)
-            if enough.any():
-                picked[enough] = torch.multinomial(cells[enough], k, replacement=False)
-            if (~enough).any():
-                picked[~enough] = torch.multinomial(cells[~enough], k, replacement=True)
+            # Both draws whatever the split (an empty one draws nothing): no host sync to test.
+            picked[enough] = torch.multinomial(cells[enough], k, replacement=False)
+            picked[~enough] = torch.multinomial(cells[~enough], k, replacement=True)
             picked = picked.flatten()
             images.append(torch.full_like(picked, b))
             rows.append(picked // w)
@@ -133,6 +137,9 @@ class InterSceneCriterion(nn.Module):
         self.bank = bank
         self.layer_shapes = list(layer_shapes)
         self.sizes_of_interest = list(sizes_of_interest)
+        self.register_buffer(
+            "sizes_of_interest_t", torch.tensor(self.sizes_of_interest, dtype=torch.float32), False
+        )
         self.use_rel_coords = use_rel_coords
         self.feat_stride = feat_stride
         self.weight = weight
@@ -210,10 +217,7 @@ class InterSceneCriterion(nn.Module):
 
     def query_soi(self, queries: Instances) -> Tensor:
         """[Q] size of interest of each query's FPN level (its relative coordinates' scale)."""
-        soi = torch.tensor(
-            self.sizes_of_interest, dtype=torch.float32, device=queries.locations.device
-        )
-        return soi[queries.fpn_levels]
+        return self.sizes_of_interest_t.to(queries.locations.device)[queries.fpn_levels]
 
     def forward(
         self,
@@ -262,9 +266,10 @@ class InterSceneCriterion(nn.Module):
         self.bank.enqueue(current)
 
         storage = get_event_storage()
+        if (iteration + 1) % LOG_PERIOD == 0:
+            storage.put_scalar("iuq/inter_frac_firing", stats.frac_firing.item())
+            storage.put_scalar("iuq/inter_pairs", stats.num_pairs.item())
         storage.put_scalar("iuq/bank_fill", self.bank.num_filled / self.bank.capacity)
-        storage.put_scalar("iuq/inter_frac_firing", stats.frac_firing.item())
-        storage.put_scalar("iuq/inter_pairs", stats.num_pairs.item())
         storage.put_scalar("iuq/entries_this_rank", len(local))
         storage.put_scalar("iuq/entries_gathered", len(current))
         storage.put_scalar("iuq/entries_evaluated", len(evaluated))

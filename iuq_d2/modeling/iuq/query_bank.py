@@ -45,7 +45,9 @@ class QueryBank(nn.Module):
 
     The buffers travel with the model's state_dict, so checkpoints save the bank and
     ``--resume`` restores it. Every process enqueues the same all-gathered entries at the same
-    pointer, so the bank is identical on all processes without ever being broadcast.
+    pointer, so the bank is identical on all processes without ever being broadcast. Writing
+    starts at slot 0 and never empties a slot, so the filled slots are always the first
+    ``num_filled``: the host keeps that count, and a step reads nothing back from the device.
     """
 
     def __init__(self, capacity: int, feat_dim: int):
@@ -59,10 +61,17 @@ class QueryBank(nn.Module):
         self.register_buffer("image_ids", torch.full((capacity,), -1, dtype=torch.int64))
         self.register_buffer("valid", torch.zeros(capacity, dtype=torch.bool))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.int64))
+        self._num_filled: Optional[int] = 0  # None: read from ``valid`` at the next use
 
     @property
     def num_filled(self) -> int:
-        return int(self.valid.sum())
+        if self._num_filled is None:
+            self._num_filled = int(self.valid.sum())
+        return self._num_filled
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._num_filled = None
 
     @torch.no_grad()
     def enqueue(self, entries: BankEntries) -> None:
@@ -80,13 +89,15 @@ class QueryBank(nn.Module):
             buffer[slots] = getattr(entries, f.name).to(buffer.dtype)
         self.valid[slots] = True
         self.ptr.copy_((self.ptr + n) % self.capacity)
+        self._num_filled = min(self.capacity, self.num_filled + n)
 
     @torch.no_grad()
     def sample(self, num: int, generator: Optional[torch.Generator] = None) -> BankEntries:
-        """Up to ``num`` distinct filled entries, uniformly at random (drawn on the CPU
-        generator, so that a run draws the same on any device)."""
-        filled = torch.nonzero(self.valid).squeeze(1)
-        if len(filled) > num:
-            pick = torch.randperm(len(filled), generator=generator, device="cpu")[:num]
-            filled = filled[pick.to(filled.device)]
+        """Up to ``num`` distinct filled entries, uniformly at random (drawn on the bank's
+        device: no host sync)."""
+        count, device = self.num_filled, self.valid.device
+        if count > num:
+            filled = torch.randperm(count, generator=generator, device=device)[:num]
+        else:
+            filled = torch.arange(count, device=device)
         return BankEntries(*(getattr(self, f.name)[filled] for f in fields(BankEntries)))
