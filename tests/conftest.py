@@ -64,8 +64,10 @@ def _cuda() -> None:
     require_cuda()
 
 
-# For a test or class: ``@requires_cuda`` (a skipif that IUQ_REQUIRE_CUDA=1 turns into a failure).
-requires_cuda = pytest.mark.usefixtures("_cuda")
+def requires_cuda(test):
+    """For a test or class: a skip without CUDA that IUQ_REQUIRE_CUDA=1 turns into a failure,
+    and the ``cuda`` marker by which benchmarks/gpu.sh selects every CUDA test."""
+    return pytest.mark.cuda(pytest.mark.usefixtures("_cuda")(test))
 
 
 def set_keys(cfg, overrides):

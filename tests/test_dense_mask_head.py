@@ -18,7 +18,7 @@ from detectron2.structures import Instances
 from iuq_d2.layers import aligned_bilinear, dynamic_layer_shapes, triton_support
 from iuq_d2.layers.dense_mask_head import dense_mask_logits, resolve_impl
 
-from .conftest import tiny_config
+from .conftest import import_triton, requires_cuda, tiny_config
 from .kernel_compile import compile_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -270,7 +270,7 @@ def test_bad_inputs():
 
 
 def test_triton_refuses_cpu_tensors():
-    pytest.importorskip("triton")
+    import_triton()
     if triton_support.INTERPRET:
         pytest.skip("TRITON_INTERPRET=1: CPU tensors are allowed")
     case, kw = make_case(2)
@@ -354,7 +354,7 @@ def test_triton_kernels_compile_without_spills(capability, kernel, use_rel_coord
     Triton only fills ``CompiledKernel.n_spills`` when it loads the cubin on a device, so the
     spill count is read from ``ptxas -v`` on the generated PTX, with Triton's own ptxas.
     """
-    pytest.importorskip("triton")
+    import_triton()
 
     from iuq_d2.layers.dense_mask_head import triton_kernels as T
 
@@ -369,16 +369,11 @@ def test_triton_kernels_compile_without_spills(capability, kernel, use_rel_coord
 
 # ---------------------------------------------------------------- real GPU
 
-requires_cuda = pytest.mark.skipif(
-    not torch.cuda.is_available(),
-    reason="NO CUDA DEVICE: the dense mask head triton kernels were not run on a GPU",
-)
-
 
 @requires_cuda
 @pytest.mark.parametrize("use_rel_coords", [True, False])
 def test_triton_matches_reference_on_gpu_fp32(use_rel_coords):
-    pytest.importorskip("triton")
+    import_triton()
     case, kw = make_case(
         60, num_images=4, height=100, width=136, use_rel_coords=use_rel_coords, device="cuda"
     )
@@ -391,7 +386,7 @@ def test_triton_matches_reference_on_gpu_fp32(use_rel_coords):
 
 @requires_cuda
 def test_triton_edge_cases_on_gpu():
-    pytest.importorskip("triton")
+    import_triton()
     for name in ("one_query", "no_queries", "image_without_queries"):
         case, kw = make_case(**CASES[name], device="cuda")
         assert_same(run(case, kw, "triton"), run(case, kw, "reference"))
@@ -400,7 +395,7 @@ def test_triton_edge_cases_on_gpu():
 @requires_cuda
 def test_triton_bf16_inputs_on_gpu():
     """bf16 params/feats: the kernels compute in fp32, so compare with fp32 copies."""
-    pytest.importorskip("triton")
+    import_triton()
     case, kw = make_case(30, height=50, width=68, device="cuda")
     bf16 = {
         k: (v.detach().bfloat16().requires_grad_(v.requires_grad) if v.is_floating_point() else v)
@@ -421,7 +416,7 @@ def test_triton_bf16_inputs_on_gpu():
 
 @requires_cuda
 def test_triton_is_deterministic():
-    pytest.importorskip("triton")
+    import_triton()
     case, kw = make_case(200, num_images=2, height=100, width=136, device="cuda")
     a, b = run(case, kw, "triton"), run(case, kw, "triton")
     assert torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))

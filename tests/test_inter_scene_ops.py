@@ -19,6 +19,7 @@ from iuq_d2.layers.inter_scene_loss import (
     resolve_impl,
 )
 
+from .conftest import import_triton, requires_cuda
 from .kernel_compile import compile_for
 
 SHAPES = [(8, 10), (8, 8), (1, 8)]
@@ -244,7 +245,7 @@ def test_auto_picks_tiled_on_cpu():
 
 
 def test_triton_refuses_cpu_tensors():
-    pytest.importorskip("triton")
+    import_triton()
     from iuq_d2.layers import triton_support
 
     if triton_support.INTERPRET:
@@ -310,7 +311,7 @@ def test_triton_kernel_compiles_without_spills(capability):
     Triton only fills ``CompiledKernel.n_spills`` when it loads the cubin on a device, so the
     spill count is read from ``ptxas -v`` on the generated PTX, with Triton's own ptxas.
     """
-    pytest.importorskip("triton")
+    import_triton()
 
     from iuq_d2.layers import triton_support
     from iuq_d2.layers.inter_scene_loss import triton_kernels as T
@@ -392,17 +393,12 @@ def test_scaled_tolerance_rejects_a_zero_gradient():
 
 # ---------------------------------------------------------------- real GPU
 
-requires_cuda = pytest.mark.skipif(
-    not torch.cuda.is_available(),
-    reason="NO CUDA DEVICE: the triton kernels were not run on a GPU in this session",
-)
-
 
 @requires_cuda
 @pytest.mark.parametrize("normalization", ["pairs", "query_image"])
 @pytest.mark.parametrize("use_rel_coords", [True, False])
 def test_triton_matches_reference_on_gpu_fp32(normalization, use_rel_coords):
-    pytest.importorskip("triton")
+    import_triton()
     case, shapes = make_case(37, 1000, num_images=5, use_rel_coords=use_rel_coords, device="cuda")
     kw = dict(use_rel_coords=use_rel_coords, normalization=normalization)
     ref = run(case, shapes, "reference", **kw)
@@ -415,7 +411,7 @@ def test_triton_matches_reference_on_gpu_fp32(normalization, use_rel_coords):
 @requires_cuda
 def test_triton_bf16_inputs_on_gpu():
     """bf16 params/feats: the kernel computes in fp32, so compare with the fp32 reference."""
-    pytest.importorskip("triton")
+    import_triton()
     bf16, as_fp32, shapes = _low_precision_case(torch.bfloat16, device="cuda")
     loss, grads, _ = run(bf16, shapes, "triton")
     ref_loss, ref_grads, _ = run(as_fp32, shapes, "reference")
@@ -426,7 +422,7 @@ def test_triton_bf16_inputs_on_gpu():
 
 @requires_cuda
 def test_triton_is_deterministic():
-    pytest.importorskip("triton")
+    import_triton()
     case, shapes = make_case(50, 2000, device="cuda")
     a, b = run(case, shapes, "triton"), run(case, shapes, "triton")
     assert torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))

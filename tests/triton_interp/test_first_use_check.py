@@ -1,10 +1,20 @@
 """The first-use checks of the Triton paths, run for real in the interpreter on CPU tensors:
 they pass where the kernels are right and fail, naming the op, where a kernel is wrong."""
 
-import pytest
-import torch
+import os
 
-triton = pytest.importorskip("triton")
+import pytest
+
+from tests.conftest import import_triton
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip(
+        "needs TRITON_INTERPRET=1 set before pytest starts (own process, see Makefile)",
+        allow_module_level=True,
+    )
+import_triton()
+
+import torch  # noqa: E402
 
 from iuq_d2.layers import (  # noqa: E402
     dense_mask_head,

@@ -9,12 +9,14 @@ import os
 
 import pytest
 
+from tests.conftest import import_triton
+
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip(
         "needs TRITON_INTERPRET=1 set before pytest starts (own process, see Makefile)",
         allow_module_level=True,
     )
-pytest.importorskip("triton")
+import_triton()
 
 import torch  # noqa: E402
 
