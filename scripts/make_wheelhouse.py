@@ -90,10 +90,16 @@ def setup_requirements() -> List[str]:
     raise SystemExit("setup.py has no install_requires")
 
 
+# What the CUDA tests need beyond the run-time requirements and the machine's pytest: pytest.ini
+# makes pytest-timeout a required plugin.
+TEST_PLUGINS = ["pytest-timeout"]
+
+
 def requirements() -> List[str]:
-    """What gpu.sh installs: detectron2's and iuq_d2's run-time requirements, for the GPU run."""
+    """What gpu.sh installs: detectron2's and iuq_d2's run-time requirements and the test
+    plugins, for the GPU run."""
     kept: List[str] = []
-    for requirement in [*RUNTIME_REQUIREMENTS, *setup_requirements()]:
+    for requirement in [*RUNTIME_REQUIREMENTS, *setup_requirements(), *TEST_PLUGINS]:
         name = dist_name(requirement)
         bare_again = canonical(requirement) == name and name in map(dist_name, kept)
         if not (on_machine(name) or name in LEFT_OUT or bare_again or requirement in kept):
