@@ -15,6 +15,7 @@ from iuq_d2.layers.dynamic_mlp import fold_dynamic_params
 from iuq_d2.layers.inter_scene_loss import inter_scene_focal_loss
 
 from .conftest import make_input, tiny_config
+from .test_equivariance import _with_identity_views
 
 SHAPES = dynamic_layer_shapes(10, 8, 3)
 NUM_PARAMS = sum(o * i + o for o, i in SHAPES)
@@ -79,17 +80,6 @@ def test_tiled_dense_mask_head_under_autocast_is_the_fp32_head():
         torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
-def _views(batch):
-    """Identity views (the equivariance terms' arithmetic is what autocast could break)."""
-    for x in batch:
-        x["view"] = {
-            "image": x["image"].clone(),
-            "instances": copy.deepcopy(x["instances"]),
-            "affine": torch.tensor([1.0, 0.0, 1.0, 0.0]),
-        }
-    return batch
-
-
 def _step(model, batch, autocast: bool):
     model = copy.deepcopy(model)
     torch.manual_seed(3)
@@ -119,7 +109,7 @@ def test_iuq_training_step_under_bf16_autocast(impl):
     )
     torch.manual_seed(0)
     model = build_model(cfg)
-    batch = _views(
+    batch = _with_identity_views(
         [
             make_input(96, 96, [[10, 12, 60, 70], [50, 40, 90, 90]], [0, 2], seed=1),
             make_input(96, 96, [[5, 5, 30, 40]], [1], seed=2),
