@@ -105,14 +105,15 @@ def test_iuq_training_step_under_bf16_autocast(impl):
             "MODEL.IUQ.INTER.IMPL": impl,
             "MODEL.CONDINST.MASK_HEAD.IMPL": impl,
             "MODEL.CONDINST.CHANNELS_LAST": False,
+            "MODEL.CONDINST.MAX_PROPOSALS": 8,  # few queries: the interpreter runs it too
         }
     )
     torch.manual_seed(0)
     model = build_model(cfg)
     batch = _with_identity_views(
         [
-            make_input(96, 96, [[10, 12, 60, 70], [50, 40, 90, 90]], [0, 2], seed=1),
-            make_input(96, 96, [[5, 5, 30, 40]], [1], seed=2),
+            make_input(64, 64, [[6, 8, 40, 46], [34, 26, 60, 60]], [0, 2], seed=1),
+            make_input(64, 64, [[4, 4, 20, 28]], [1], seed=2),
         ]
     )
     losses, grads = _step(model, batch, autocast=False)

@@ -73,3 +73,11 @@ def test_kernels_launch_on_the_tensors_device(monkeypatch):
     dense_mask_head._check_triton_dense_head(torch.zeros(1, 8, 4, 4), PARAMS, 8, SHAPES, True)()
     # The inter-scene kernel once; the dense head's forward and backward.
     assert seen == [torch.device("cpu")] * 3
+
+
+def test_iuq_training_step_under_bf16_autocast_on_the_triton_path():
+    """The whole-step mixed-precision test of tests/test_mixed_precision.py with both ops on
+    their Triton kernels (interpreted)."""
+    from tests.test_mixed_precision import test_iuq_training_step_under_bf16_autocast
+
+    test_iuq_training_step_under_bf16_autocast("triton")
