@@ -81,7 +81,7 @@ def test_preempted_job_is_requeued_and_resumes(tmp_path, tiny_shapes):
     stored = int(before["ptr"])
     assert 0 < stored < int(after["ptr"]) <= 100000
     # The rerun appended to the bank it loaded instead of starting an empty one.
-    for key in ("feats", "positions", "image_ids", "valid", "iters"):
+    for key in ("feats", "positions", "offsets", "image_ids", "valid"):
         assert torch.equal(after[key][:stored], before[key][:stored]), key
 
 

@@ -25,3 +25,11 @@ def image_segments(im_inds: Tensor, num_images: int) -> Tuple[Tensor, List[int]]
         raise ValueError(f"im_inds must lie in [0, {num_images}), got max {int(im_inds.max())}")
     bounds = [0] + torch.cumsum(counts, 0).tolist()
     return order, bounds
+
+
+def feature_grad_segments(im_inds: Tensor, num_images: int) -> Tuple[Tensor, Tensor, int]:
+    """The queries sorted by image, the image bounds on the device and the most queries of one
+    image: what the features' gradient kernel needs (one host sync, for the last)."""
+    order, bounds = image_segments(im_inds, num_images)
+    most = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    return order, torch.tensor(bounds, dtype=torch.int64).to(im_inds.device), most

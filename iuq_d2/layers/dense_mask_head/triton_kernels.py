@@ -14,10 +14,7 @@ in registers, so no [Q, 2 + C, HW] input or [Q, hidden, HW] activation reaches m
   recomputes their forward and writes d feats to a [G, B, C, HW] buffer.
 
 Every output slot has one writer: no atomics, deterministic results, at the price of
-recomputing the forward in both backward kernels. The layers (8x10, 8x8, 1x8) are below
-``tl.dot``'s 16-wide minimum, so they are broadcast-multiply-reduce in fp32 FMAs. Parameters and
-features may be fp32/fp16/bf16 and are cast to fp32 on load. Set ``TRITON_INTERPRET=1`` before
-importing iuq_d2 to run the kernels on CPU tensors (tests).
+recomputing the forward in both backward kernels. Inputs may be fp32/fp16/bf16 (fp32 on load).
 """
 
 from typing import Optional, Sequence, Tuple
@@ -37,7 +34,7 @@ from ..triton_support import (
     tl,
     triton,
 )
-from .common import image_segments
+from .common import feature_grad_segments
 
 if triton is not None:
     from ..triton_support import load_mlp3, mlp3_backward, mlp3_forward, store_mlp3
@@ -254,14 +251,6 @@ def launch_forward(
         params, feats, locations, soi, im_inds, out, hw, width, num_p, num_warps=NUM_WARPS, **consts
     )
     return out
-
-
-def feature_grad_segments(im_inds: Tensor, num_images: int) -> Tuple[Tensor, Tensor, int]:
-    """The queries sorted by image, the image bounds on the device and the most queries of one
-    image: what the features' gradient kernel needs (one host sync, for the last)."""
-    order, bounds = image_segments(im_inds, num_images)
-    most = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
-    return order, torch.tensor(bounds, dtype=torch.int64).to(im_inds.device), most
 
 
 def launch_backward(
