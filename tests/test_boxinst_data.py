@@ -166,3 +166,14 @@ def test_demo_boxinst_flag_trains_boxinst(monkeypatch, capsys):
     assert [name for name, _ in trained] == ["BoxInst", "CondInst"]
     assert trained[0][1] == BOXINST_DEMO
     assert "BoxInst" in capsys.readouterr().out
+
+
+def test_box_only_validation_set_is_scored_on_boxes(tmp_path):
+    """COCOeval's segm task needs masks in the ground truth: a box-only test set gets box AP."""
+    from iuq_d2.engine.trainer import Trainer
+
+    json_file, root = box_only_coco(tmp_path)
+    name, opts = custom_opts(tmp_path, json_file, root)
+    cfg = load_config(BOXINST_DEMO, opts + ["OUTPUT_DIR", str(tmp_path / "out")])
+    assert Trainer.build_evaluator(cfg, name)._tasks == ("bbox",)
+    assert Trainer.build_evaluator(cfg, "shapes_val")._tasks == ("bbox", "segm")

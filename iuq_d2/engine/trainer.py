@@ -6,7 +6,11 @@ import os
 import weakref
 
 import torch
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -21,6 +25,7 @@ from detectron2.utils.env import TORCH_VERSION
 from detectron2.utils.logger import setup_logger
 
 from ..data.build import check_mapper_views, train_mapper_class
+from ..data.datasets import CustomCocoLoader
 from ..data.mapper import CondInstDatasetMapper
 from .checkpoint import AtomicCheckpointer
 
@@ -117,7 +122,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """Box and mask AP; box AP alone on a box-only dataset (no masks to score against)."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(
-            dataset_name, tasks=("bbox", "segm"), distributed=True, output_dir=output_folder
-        )
+        loader = DatasetCatalog[dataset_name]
+        box_only = isinstance(loader, CustomCocoLoader) and loader.first_maskless_annotation()
+        tasks = ("bbox",) if box_only else ("bbox", "segm")
+        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_folder)
