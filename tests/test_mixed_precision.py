@@ -110,10 +110,13 @@ def test_iuq_training_step_under_bf16_autocast(impl):
     )
     torch.manual_seed(0)
     model = build_model(cfg)
+    # 96 px, not 64: at 64 P6 is 1x1, and torch 2.14's CPU bf16 weight gradient of a stride-2
+    # 3x3 conv on a 1x1 input (P7) is sometimes non-finite (22 of 200 tries, one thread), a
+    # torch bug outside this project (AMP on the CPU is refused by load_config anyway).
     batch = _with_identity_views(
         [
-            make_input(64, 64, [[6, 8, 40, 46], [34, 26, 60, 60]], [0, 2], seed=1),
-            make_input(64, 64, [[4, 4, 20, 28]], [1], seed=2),
+            make_input(96, 96, [[10, 12, 60, 70], [50, 40, 90, 90]], [0, 2], seed=1),
+            make_input(96, 96, [[5, 5, 30, 40]], [1], seed=2),
         ]
     )
     losses, grads = _step(model, batch, autocast=False)
