@@ -64,3 +64,51 @@ def test_bank_is_identical_on_all_ranks_and_holds_every_rank(tmp_path):
         for i, boxes in enumerate(images):
             assert int((ids == 100 * rank + i).sum()) == len(boxes) * k * ITERATIONS
     assert int(banks[0]["ptr"]) == 4 * k * ITERATIONS
+
+
+def _gather_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
+    from iuq_d2.utils.comm import RowGather
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=DIST_TIMEOUT_S),
+    )
+    gather = RowGather(capacity=2)
+    results = []
+    for step, rows in enumerate(([0, 3, 1], [1, 5, 0], [2, 2, 2])):
+        n = rows[rank]
+        feats = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3) + 100 * rank + step
+        ids = torch.full((n,), 2**40 + rank, dtype=torch.int64)
+        (got_feats, got_ids), counts = gather(feats, ids)
+        results.append((got_feats, got_ids, counts, gather.capacity))
+    torch.save(results, os.path.join(out_dir, f"gather{rank}.pth"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@multiprocess
+def test_row_gather_is_one_buffer_that_grows_alike_on_every_rank(tmp_path):
+    world_size = 3
+    mp.spawn(
+        _gather_worker,
+        args=(world_size, str(tmp_path / "store"), str(tmp_path)),
+        nprocs=world_size,
+    )
+    results = [torch.load(tmp_path / f"gather{r}.pth") for r in range(world_size)]
+    for step, rows in enumerate(([0, 3, 1], [1, 5, 0], [2, 2, 2])):
+        feats = torch.cat(
+            [
+                torch.arange(n * 3, dtype=torch.float32).reshape(n, 3) + 100 * r + step
+                for r, n in enumerate(rows)
+            ]
+        )
+        ids = torch.cat([torch.full((n,), 2**40 + r) for r, n in enumerate(rows)])
+        for got_feats, got_ids, counts, _ in (res[step] for res in results):
+            assert counts == rows
+            assert torch.equal(got_feats, feats) and got_feats.dtype == torch.float32
+            assert torch.equal(got_ids, ids) and got_ids.dtype == torch.int64
+    # Grown to the next power of two of the largest count, on every rank alike.
+    assert [[r[3] for r in res] for res in results] == [[4, 8, 8]] * world_size

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ...layers.cell_centers import fcos_cell_center
 from ...layers.inter_scene_loss import IMPLS, NORMALIZATIONS, inter_scene_focal_loss
-from ...utils.comm import all_gather_rows
+from ...utils.comm import RowGather
 from ..condinst.dynamic_mask_head import DynamicMaskHead
 from .query_bank import BankEntries, QueryBank
 
@@ -135,6 +135,7 @@ class InterSceneCriterion(nn.Module):
     ):
         super().__init__()
         self.bank = bank
+        self.gather = RowGather()
         self.layer_shapes = list(layer_shapes)
         self.sizes_of_interest = list(sizes_of_interest)
         self.register_buffer(
@@ -230,7 +231,7 @@ class InterSceneCriterion(nn.Module):
         """``loss_inter`` of the queries against bank samples and this global batch's instance
         pixels; afterwards the batch's pixels join the bank."""
         local = self.collect(mask_feats, gt_instances, image_ids)
-        gathered, _ = all_gather_rows(*local.as_tuple())
+        gathered, _ = self.gather(*local.as_tuple())
         current = BankEntries(*gathered)
         evaluated = current
         keep = random_subset(len(evaluated), self.max_batch_entries, mask_feats.device)

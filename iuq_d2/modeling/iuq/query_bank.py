@@ -7,8 +7,6 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ...utils.comm import all_gather_rows
-
 
 @dataclass
 class BankEntries:
@@ -33,11 +31,6 @@ class BankEntries:
         return BankEntries(
             *(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(BankEntries))
         )
-
-    def all_gather(self) -> "BankEntries":
-        """The entries of every process, in rank order (identical on all processes)."""
-        gathered, _ = all_gather_rows(*(getattr(self, f.name) for f in fields(self)))
-        return BankEntries(*gathered)
 
 
 class QueryBank(nn.Module):
