@@ -22,6 +22,27 @@ RANK_BOXES = {
 ITERATIONS = 3
 
 
+# Rows per rank at each gather of the RowGather check (capacity 2: it must grow twice).
+GATHER_ROWS = ([0, 3, 1], [1, 5, 0], [2, 2, 2])
+
+
+def _gather_rows(rank: int, n: int, step: int):
+    feats = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3) + 100 * rank + step
+    return feats, torch.full((n,), 2**40 + rank, dtype=torch.int64)
+
+
+def _gather_steps(rank: int) -> list:
+    """RowGather over uneven counts, in the bank test's process group."""
+    from iuq_d2.utils.comm import RowGather
+
+    gather = RowGather(capacity=2)
+    results = []
+    for step, rows in enumerate(GATHER_ROWS):
+        (feats, ids), counts = gather(*_gather_rows(rank, rows[rank], step))
+        results.append((feats, ids, counts, gather.capacity))
+    return results
+
+
 def _worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
     dist.init_process_group(
         "gloo",
@@ -46,6 +67,7 @@ def _worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
         {name: buf.clone() for name, buf in bank.named_buffers()},
         os.path.join(out_dir, f"{rank}.pth"),
     )
+    torch.save(_gather_steps(rank), os.path.join(out_dir, f"gather{rank}.pth"))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -64,51 +86,12 @@ def test_bank_is_identical_on_all_ranks_and_holds_every_rank(tmp_path):
         for i, boxes in enumerate(images):
             assert int((ids == 100 * rank + i).sum()) == len(boxes) * k * ITERATIONS
     assert int(banks[0]["ptr"]) == 4 * k * ITERATIONS
-
-
-def _gather_worker(rank: int, world_size: int, store: str, out_dir: str) -> None:
-    from iuq_d2.utils.comm import RowGather
-
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{store}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=DIST_TIMEOUT_S),
-    )
-    gather = RowGather(capacity=2)
-    results = []
-    for step, rows in enumerate(([0, 3, 1], [1, 5, 0], [2, 2, 2])):
-        n = rows[rank]
-        feats = torch.arange(n * 3, dtype=torch.float32).reshape(n, 3) + 100 * rank + step
-        ids = torch.full((n,), 2**40 + rank, dtype=torch.int64)
-        (got_feats, got_ids), counts = gather(feats, ids)
-        results.append((got_feats, got_ids, counts, gather.capacity))
-    torch.save(results, os.path.join(out_dir, f"gather{rank}.pth"))
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-@multiprocess
-def test_row_gather_is_one_buffer_that_grows_alike_on_every_rank(tmp_path):
-    world_size = 3
-    mp.spawn(
-        _gather_worker,
-        args=(world_size, str(tmp_path / "store"), str(tmp_path)),
-        nprocs=world_size,
-    )
-    results = [torch.load(tmp_path / f"gather{r}.pth") for r in range(world_size)]
-    for step, rows in enumerate(([0, 3, 1], [1, 5, 0], [2, 2, 2])):
-        feats = torch.cat(
-            [
-                torch.arange(n * 3, dtype=torch.float32).reshape(n, 3) + 100 * r + step
-                for r, n in enumerate(rows)
-            ]
-        )
-        ids = torch.cat([torch.full((n,), 2**40 + r) for r, n in enumerate(rows)])
-        for got_feats, got_ids, counts, _ in (res[step] for res in results):
-            assert counts == rows
-            assert torch.equal(got_feats, feats) and got_feats.dtype == torch.float32
-            assert torch.equal(got_ids, ids) and got_ids.dtype == torch.int64
-    # Grown to the next power of two of the largest count, on every rank alike.
-    assert [[r[3] for r in res] for res in results] == [[4, 8, 8]] * world_size
+    # The same processes' RowGather: one buffer, grown alike on every rank, exact ids.
+    gathered = [torch.load(tmp_path / f"gather{r}.pth") for r in range(world_size)]
+    for step, rows in enumerate(GATHER_ROWS):
+        parts = [_gather_rows(r, n, step) for r, n in enumerate(rows)]
+        feats, ids = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        for got_feats, got_ids, counts, _ in (res[step] for res in gathered):
+            assert counts == rows and torch.equal(got_feats, feats) and torch.equal(got_ids, ids)
+            assert got_feats.dtype == torch.float32 and got_ids.dtype == torch.int64
+    assert [[r[3] for r in res] for res in gathered] == [[4, 8, 8]] * world_size
