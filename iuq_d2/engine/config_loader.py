@@ -25,19 +25,9 @@ def get_config() -> CfgNode:
     return cfg
 
 
-def load_config(
-    config_file: Optional[str], opts: Sequence[str] = (), freeze: bool = True
-) -> CfgNode:
-    """:func:`get_config` with ``config_file`` and then ``opts`` (``KEY VALUE ...``) merged.
-
-    Also what every run needs before a model or loader is built, so that training, evaluation,
-    the demo and the benchmarks agree: a CUDA config falls back to the CPU on a machine without
-    CUDA (configs name ``cuda`` and tests, demos and CI run on CPUs), AMP on the CPU is refused,
-    so are AdelaiDet keys set to a feature iuq_d2 lacks (``check_adelaidet_only_keys``),
-    DATASETS.CUSTOM_COCO is registered and MODEL.FCOS.NUM_CLASSES is checked against the
-    datasets, so that a mismatch fails here rather than mid-training, and INPUT.MASK_FORMAT
-    becomes "bitmask" where a training dataset has RLE masks (``choose_mask_format``).
-    """
+def merge_config(config_file: Optional[str], opts: Sequence[str] = ()) -> CfgNode:
+    """:func:`get_config` with ``config_file`` and then ``opts`` (``KEY VALUE ...``) merged, a
+    removed key refused by name; nothing checked, no dataset read."""
     cfg = get_config()
     for source, merge in (
         (config_file, lambda: cfg.merge_from_file(config_file)),
@@ -52,6 +42,23 @@ def load_config(
             if error is None:
                 raise
             raise error from None
+    return cfg
+
+
+def load_config(
+    config_file: Optional[str], opts: Sequence[str] = (), freeze: bool = True
+) -> CfgNode:
+    """:func:`merge_config`, then what every run needs before a model or loader is built.
+
+    So that training, evaluation, the demo and the benchmarks agree: a CUDA config falls back to
+    the CPU on a machine without CUDA (configs name ``cuda`` and tests, demos and CI run on
+    CPUs), AMP on the CPU is refused, so are AdelaiDet keys set to a feature iuq_d2 lacks
+    (``check_adelaidet_only_keys``), DATASETS.CUSTOM_COCO is registered and
+    MODEL.FCOS.NUM_CLASSES is checked against the datasets, so that a mismatch fails here rather
+    than mid-training, and INPUT.MASK_FORMAT becomes "bitmask" where a training dataset has RLE
+    masks (``choose_mask_format``).
+    """
+    cfg = merge_config(config_file, opts)
     if torch.device(cfg.MODEL.DEVICE).type == "cuda" and not torch.cuda.is_available():
         logger.warning(f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but CUDA is not available: using cpu")
         cfg.MODEL.DEVICE = "cpu"

@@ -22,7 +22,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from .checkpoint import StrictCheckpointer
-from .config_loader import load_config
+from .config_loader import load_config, merge_config
 from .cpu_threads import set_cpu_threads
 from .trainer import Trainer
 
@@ -132,8 +132,9 @@ def hide_cuda_from_cpu_workers(args: argparse.Namespace) -> bool:
     workers that see no CUDA use gloo. Returns whether CUDA was hidden."""
     if args.num_gpus * args.num_machines <= 1 or not torch.cuda.is_available():
         return False
-    cfg = load_config(args.config_file, args.opts)
-    if torch.device(cfg.MODEL.DEVICE).type != "cpu":
+    # Only the device is read: the workers load and check the config (and its datasets).
+    device = merge_config(args.config_file, args.opts).MODEL.DEVICE
+    if torch.device(device).type != "cpu":
         return False
     logger.info("MODEL.DEVICE is cpu: the worker processes use gloo and see no CUDA device")
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
