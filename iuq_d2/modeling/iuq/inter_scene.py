@@ -137,10 +137,8 @@ class InterSceneCriterion(nn.Module):
         self.bank = bank
         self.gather = RowGather()
         self.layer_shapes = list(layer_shapes)
-        self.sizes_of_interest = list(sizes_of_interest)
-        self.register_buffer(
-            "sizes_of_interest_t", torch.tensor(self.sizes_of_interest, dtype=torch.float32), False
-        )
+        soi = torch.tensor(list(sizes_of_interest), dtype=torch.float32)
+        self.register_buffer("sizes_of_interest", soi, persistent=False)
         self.use_rel_coords = use_rel_coords
         self.feat_stride = feat_stride
         self.weight = weight
@@ -218,7 +216,7 @@ class InterSceneCriterion(nn.Module):
 
     def query_soi(self, queries: Instances) -> Tensor:
         """[Q] size of interest of each query's FPN level (its relative coordinates' scale)."""
-        return self.sizes_of_interest_t.to(queries.locations.device)[queries.fpn_levels]
+        return self.sizes_of_interest[queries.fpn_levels]
 
     def forward(
         self,
